@@ -1,0 +1,3 @@
+from gorl.cli import main
+
+main()

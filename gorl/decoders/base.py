@@ -1,0 +1,94 @@
+"""The decoder interface: ``decode(obs, eps) -> pre-tanh action`` plus a generative training loss.
+
+A :class:`DecoderModule` is a complete LightningModule: ``Trainer.fit(decoder, datamodule)`` on any
+dataset of ``{"observation", "action"}`` TensorDicts trains it, and ``decoder.decode(obs, eps)`` with
+``eps ~ N(0, I)`` then samples actions. GoRL's system uses the same two methods during a decoder
+refinement phase. The decoder owns a *frozen* copy of the observation statistics it was fitted
+with, so later encoder phases (whose statistics keep moving) cannot shift what it was trained on.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from tensordict import TensorDictBase
+
+from gorl.networks import RunningNorm
+
+
+class DecoderModule(pl.LightningModule):
+    """Base class. Subclasses implement :meth:`decode` and :meth:`loss`."""
+
+    #: ``False`` for decoders with nothing to learn (identity).
+    trainable: bool = True
+
+    def __init__(self, obs_dim: int, act_dim: int, lr: float = 3e-4) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.lr = obs_dim, act_dim, lr
+        self.obs_norm = RunningNorm(obs_dim)
+
+    # --- what every decoder provides --------------------------------------------------------
+    def decode(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Map prior noise ``eps`` (latent) at state ``obs`` to a pre-tanh action."""
+        raise NotImplementedError
+
+    def loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Generative loss for pairs ``(obs, pre-tanh action)``; draws its own noise from the prior."""
+        raise NotImplementedError
+
+    def fit_obs_statistics(self, obs: torch.Tensor) -> None:
+        """Freeze the observation statistics of the training data into the decoder."""
+        self.obs_norm.count.zero_()
+        self.obs_norm.mean.zero_()
+        self.obs_norm.var.fill_(1.0)
+        self.obs_norm.update(obs)
+
+    # --- standalone Lightning training --------------------------------------------------------
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if self.obs_norm.count == 0 and dm is not None and hasattr(dm, "train_observations"):
+            self.fit_obs_statistics(dm.train_observations().to(self.device))
+
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch["observation"], batch["action"])
+        self.log("decoder/train_loss", loss, prog_bar=True, batch_size=batch.shape[0])
+        return loss
+
+    def validation_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch["observation"], batch["action"])
+        self.log("decoder/val_loss", loss, prog_bar=True, batch_size=batch.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class ConditionalMLP(torch.nn.Module):
+    """``f(obs, x, t)``: an MLP on ``[obs, x, time embedding]`` with a zero-initialised head.
+
+    The first layer is split by input block so that a K-step sampler computes the observation
+    part once per ``decode`` instead of K times (the observation is fixed along the chain).
+    """
+
+    def __init__(self, obs_dim: int, x_dim: int, hidden: tuple[int, ...] | list[int], time_dim: int = 8, output_scale: float = 1.0) -> None:
+        super().__init__()
+        from gorl.networks import SinusoidalEmbedding, mlp
+
+        if not hidden:
+            raise ValueError("decoder needs at least one hidden layer")
+        self.obs_dim, self.x_dim = obs_dim, x_dim
+        self.embed = SinusoidalEmbedding(time_dim)
+        self.inp = torch.nn.Linear(obs_dim + x_dim + time_dim, hidden[0])
+        self.act = torch.nn.SiLU()
+        self.body = mlp(hidden[0], list(hidden[1:]), x_dim, zero_last=True)
+        self.output_scale = output_scale
+
+    def condition(self, obs: torch.Tensor) -> torch.Tensor:
+        """The observation's contribution to the first layer (bias included)."""
+        return torch.nn.functional.linear(obs, self.inp.weight[:, : self.obs_dim], self.inp.bias)
+
+    def forward(self, cond: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w = self.inp.weight
+        h = cond + torch.nn.functional.linear(x, w[:, self.obs_dim : self.obs_dim + self.x_dim])
+        h = h + torch.nn.functional.linear(self.embed(t), w[:, self.obs_dim + self.x_dim :])
+        return self.body(self.act(h)) * self.output_scale

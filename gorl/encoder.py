@@ -1,0 +1,235 @@
+"""The encoder: a latent Gaussian policy pi_theta(eps | s) trained by PPO, with a prior regulariser.
+
+GoRL's only RL-trained part. It lives in latent space: the environment sees
+``tanh(decoder(s, eps))``, but PPO's likelihood ratio, entropy bonus and prior regulariser are all
+computed on the latent ``eps``, where the policy is a tractable diagonal Gaussian. With the identity
+decoder of stage 0 this is exactly Gaussian PPO in pre-tanh action space (the tanh Jacobian does not
+depend on theta, so it cancels in the ratio).
+
+One PPO update, top to bottom (:meth:`EncoderModule.train_on`):
+1. update the running observation statistics with the new rollout;
+2. scale rewards, compute GAE(gamma, lambda) once with TorchRL's ``GAE`` (truncation bootstraps,
+   termination does not);
+3. for ``epochs`` passes over shuffled minibatches: TorchRL's ``ClipPPOLoss`` (clipped ratio on
+   latent log-probs, per-minibatch advantage normalisation, entropy of the latent Gaussian, value
+   loss) plus ``beta * prior_regulariser``; one optimiser step each, gradient norm clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Sequence
+
+import lightning.pytorch as pl
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
+
+from gorl.networks import RunningNorm, mlp, stage_value
+from gorl.prior import PriorReg, prior_regulariser
+
+ResetMode = Literal["fresh", "warm", "warm_value"]
+StageFloat = float | list[float]
+# (loss, max_grad_norm) -> None: backward, clip and step, supplied by the Lightning system so that
+# precision, gradient scaling and DDP all-reduce are Lightning's, not ours.
+OptimizeFn = Callable[[torch.Tensor, float], None]
+
+MIN_STD, MAX_STD = 1e-3, 10.0
+_SOFTPLUS_INV_ONE = math.log(math.expm1(1.0 - MIN_STD))  # softplus(b) + 1e-3 == 1
+
+
+class GaussianHead(nn.Module):
+    """``obs -> (loc, scale)`` with ``scale = softplus(x) + 1e-3`` clipped to ``[1e-3, 10]``.
+
+    The last layer starts at zero weights and a bias giving ``scale == 1``: a freshly reset encoder
+    *is* the prior N(0, I), which is where GoRL's stage reset means to put it.
+    """
+
+    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        self.obs_norm = obs_norm
+        self.net = mlp(obs_dim, hidden, 2 * latent_dim, zero_last=True)
+        with torch.no_grad():
+            self.net[-1].bias[latent_dim:] = _SOFTPLUS_INV_ONE
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(self.obs_norm(obs)).float()
+        loc, raw = out.chunk(2, dim=-1)
+        scale = (nn.functional.softplus(raw) + MIN_STD).clamp(MIN_STD, MAX_STD)
+        return loc, scale
+
+
+class Critic(nn.Module):
+    """State-value network on normalised observations."""
+
+    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.obs_norm = obs_norm
+        self.net = mlp(obs_dim, hidden, 1)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(self.obs_norm(obs)).float()
+
+
+class EncoderModule(pl.LightningModule):
+    """Latent PPO with a prior regulariser (defaults: the authors' code, see DESIGN.md).
+
+    Args:
+        obs_dim, act_dim: given by the system from the env.
+        latent_dim: latent size; ``None`` = action dim (required by the identity decoder).
+        actor_hidden, critic_hidden: MLP widths (SiLU).
+        lr: Adam learning rate, per stage (a list: one value per stage, the last repeats).
+        unroll: env steps per env per rollout; a rollout has ``num_envs * num_workers * unroll`` frames.
+        epochs, num_minibatches: passes over a rollout and minibatches per pass.
+        gamma, lmbda: discount and GAE lambda.
+        clip_epsilon, max_grad_norm: per stage.
+        entropy_coef, value_coef: PPO loss weights (entropy of the latent Gaussian).
+        reward_scale: rewards are multiplied by this before GAE.
+        prior_reg: ``kl`` (paper text), ``l2`` (authors' code) or ``none``.
+        prior_coef: beta, per stage.
+        reset: what the encoder keeps at a stage boundary: ``fresh`` (nothing: back to the prior with
+            new obs statistics), ``warm`` (continue from the stage's best encoder) or ``warm_value``
+            (fresh policy, keep value net and obs statistics).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        latent_dim: int | None = None,
+        actor_hidden: Sequence[int] = (32, 32, 32, 32),
+        critic_hidden: Sequence[int] = (256, 256, 256, 256, 256),
+        lr: StageFloat = 1e-3,
+        unroll: int = 30,
+        epochs: int = 16,
+        num_minibatches: int = 32,
+        gamma: float = 0.995,
+        lmbda: float = 0.95,
+        clip_epsilon: StageFloat = [0.15, 0.3],  # noqa: B006  (read-only, jsonargparse shows it)
+        max_grad_norm: StageFloat = [0.5, 1.0],  # noqa: B006
+        entropy_coef: float = 0.01,
+        value_coef: float = 0.25,
+        reward_scale: float = 10.0,
+        normalize_advantage: bool = True,
+        prior_reg: PriorReg = "kl",
+        prior_coef: StageFloat = [5e-4, 1e-3],  # noqa: B006
+        reset: ResetMode = "fresh",
+    ) -> None:
+        super().__init__()
+        # Explicit dict: frame inspection picks the wrong frame when jsonargparse builds us.
+        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.latent_dim = act_dim if latent_dim is None else latent_dim
+        self.obs_norm = RunningNorm(obs_dim)
+        self.actor_net = GaussianHead(self.obs_norm, obs_dim, actor_hidden, self.latent_dim)
+        self.critic_net = Critic(self.obs_norm, obs_dim, critic_hidden)
+        self.actor = ProbabilisticActor(
+            TensorDictModule(self.actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+            in_keys=["loc", "scale"],
+            out_keys=["latent"],
+            distribution_class=IndependentNormal,
+            return_log_prob=True,
+            log_prob_key="latent_log_prob",
+        )
+        self.critic = ValueOperator(self.critic_net, in_keys=["observation"])
+        self.loss_module = ClipPPOLoss(
+            self.actor,
+            self.critic,
+            clip_epsilon=stage_value(clip_epsilon, 0),
+            entropy_coeff=entropy_coef,
+            critic_coeff=value_coef,
+            loss_critic_type="l2",
+            normalize_advantage=normalize_advantage,
+        )
+        self.loss_module.set_keys(action="latent", sample_log_prob="latent_log_prob")
+        self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic, average_gae=False)
+
+    # --- the interface the stage loop drives ------------------------------------------------
+    def policy(self) -> ProbabilisticActor:
+        """``observation -> latent`` (+ ``latent_log_prob``); the mean under deterministic exploration."""
+        return self.actor
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=stage_value(self.hparams.lr, 0))
+
+    def set_stage(self, stage: int, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the per-stage schedule (clip, lr) for ``stage``."""
+        self.loss_module.clip_epsilon.fill_(stage_value(self.hparams.clip_epsilon, stage))
+        for group in optimizer.param_groups:
+            group["lr"] = stage_value(self.hparams.lr, stage)
+
+    def train_on(self, rollout: TensorDictBase, optimize: OptimizeFn, stage: int) -> dict[str, float]:
+        """One PPO update on a rollout of shape ``[*batch, T]`` (time last)."""
+        hp = self.hparams
+        data = rollout.reshape(-1, rollout.shape[-1])
+        self.obs_norm.update(data["observation"])
+        data.set(("next", "reward"), data.get(("next", "reward")) * hp.reward_scale)
+        with torch.no_grad():
+            self.gae(data)
+        flat = data.reshape(-1)
+        n = flat.numel()
+        mb = max(1, n // hp.num_minibatches)
+        beta = stage_value(hp.prior_coef, stage)
+        max_norm = stage_value(hp.max_grad_norm, stage)
+        sums: dict[str, float] = {}
+        steps = 0
+        for _ in range(hp.epochs):
+            perm = torch.randperm(n, device=flat.device)
+            for start in range(0, n - mb + 1, mb):
+                batch = flat[perm[start : start + mb]]
+                out = self.loss_module(batch)
+                loc, scale = self.actor_net(batch["observation"])
+                prior = prior_regulariser(loc, scale, hp.prior_reg)
+                loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"] + beta * prior
+                optimize(loss, max_norm)
+                for k, v in (
+                    ("loss", loss),
+                    ("loss_objective", out["loss_objective"]),
+                    ("loss_critic", out["loss_critic"]),
+                    ("entropy", out["entropy"]),
+                    ("prior", prior),
+                    ("clip_fraction", out["clip_fraction"]),
+                    ("kl_approx", out["kl_approx"]),
+                    ("scale", scale.mean()),
+                ):
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                steps += 1
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    # --- stage boundaries -------------------------------------------------------------------
+    def _policy_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of every weight and statistic (the 'best encoder' kept by the loop)."""
+        return self._policy_state()
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
+    def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
+        """Start a new stage as configured by ``reset`` (see the class docstring)."""
+        mode = self.hparams.reset
+        if mode == "warm":
+            if best is not None:
+                self.load_state_dict(best)
+            return
+        keep = {}
+        if mode == "warm_value":
+            keep = {k: v for k, v in self.state_dict().items() if k.startswith(("critic_net.", "obs_norm."))}
+        fresh = self._fresh_state()
+        fresh.update(keep)
+        self.load_state_dict(fresh)
+
+    def _fresh_state(self) -> dict[str, torch.Tensor]:
+        # Re-initialise like a new module (new random hidden weights, head at the prior).
+        clone = type(self)(self.obs_dim, self.act_dim, **self.hparams_initial_kwargs())
+        return {k: v.to(self.device) for k, v in clone.state_dict().items()}
+
+    def hparams_initial_kwargs(self) -> dict:
+        return {k: v for k, v in self.hparams.items() if k not in ("obs_dim", "act_dim")}

@@ -1,0 +1,135 @@
+"""Build the training / evaluation env of a run from its :class:`EnvConfig`.
+
+One place decides what an env is, so every method (PPO, GoRL, baselines) sees the same
+observation key, action range and batch layout:
+
+- ``task: cheetah-run``: a :class:`~gorl.envs.dmc.DMControlBatchEnv` of ``num_envs`` instances;
+  with ``num_workers > 1`` TorchRL's ``ParallelEnv`` runs one such batch per process (batch
+  ``[num_workers, num_envs]``), which is how a run uses several cores;
+- ``task: toy-bandit``: the toy multimodal task of :mod:`gorl.envs.bandit`;
+- ``factory: my_pkg.envs:make_env``: bring your own env — any callable returning a TorchRL
+  ``EnvBase`` with a continuous, bounded action spec. Unbatched envs are stacked with TorchRL's
+  ``SerialEnv``/``ParallelEnv``; observation entries other than ``observation`` are concatenated
+  into one ``observation`` vector.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import torch
+from torchrl.data import Bounded, Composite
+from torchrl.envs import CatTensors, EnvBase, EnvCreator, ParallelEnv, SerialEnv, TransformedEnv
+
+from gorl.errors import ConfigError
+
+TOY_TASKS = ("toy-bandit",)
+
+
+@dataclass
+class EnvConfig:
+    """Which env a run trains on, and how many copies step together.
+
+    Attributes:
+        task: dm_control suite task ``domain-task`` (e.g. ``hopper-stand``) or ``toy-bandit``.
+            Ignored when ``factory`` is set.
+        num_envs: env copies stepped as one batch in each process.
+        num_workers: processes; each steps its own batch of ``num_envs`` (1 = in-process).
+        factory: import path ``module:function`` (or ``module.function``) of your own env maker.
+        factory_kwargs: keyword arguments for ``factory``.
+        eval_envs: copies used for deterministic evaluation (one episode each).
+    """
+
+    task: str = "cheetah-run"
+    num_envs: int = 16
+    num_workers: int = 1
+    factory: str | None = None
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_envs: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("num_envs", "num_workers", "eval_envs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"env.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _import(path: str) -> Callable[..., EnvBase]:
+    module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"env.factory {path!r} cannot be imported: {err}") from None
+
+
+def _base_maker(cfg: EnvConfig, seed: int, num_envs: int) -> tuple[Callable[[], EnvBase], bool]:
+    """A zero-argument env maker and whether the env it makes is already batched."""
+    if cfg.factory is not None:
+        return partial(_import(cfg.factory), **cfg.factory_kwargs), False
+    if cfg.task in TOY_TASKS:
+        from gorl.envs.bandit import ToyBanditEnv
+
+        return partial(ToyBanditEnv, num_envs=num_envs, seed=seed), True
+    from gorl.envs.dmc import DMControlBatchEnv, parse_task
+
+    parse_task(cfg.task)  # fail fast with the list of valid tasks, before any process starts
+    return partial(DMControlBatchEnv, cfg.task, num_envs=num_envs, seed=seed), True
+
+
+def _flatten_observation(env: EnvBase) -> EnvBase:
+    keys = list(env.observation_spec.keys(True, True))
+    if keys == ["observation"]:
+        return env
+    if not keys:
+        raise ConfigError("the env has no observation entries")
+    return TransformedEnv(env, CatTensors(in_keys=keys, out_key="observation", del_keys=True))
+
+
+def check_action_spec(env: EnvBase) -> None:
+    """GoRL squashes actions with tanh into a box: the action spec must be continuous and bounded."""
+    spec = env.action_spec
+    if isinstance(spec, Composite):
+        spec = spec[env.action_key]
+    if not isinstance(spec, Bounded) or not spec.dtype.is_floating_point:
+        raise ConfigError(
+            f"unsupported action spec {type(spec).__name__} ({spec.dtype}); GoRL needs a continuous "
+            "bounded action spec (torchrl.data.Bounded with float dtype)"
+        )
+    if not (torch.isfinite(spec.space.low).all() and torch.isfinite(spec.space.high).all()):
+        raise ConfigError("unsupported action spec: its bounds must be finite")
+
+
+def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, num_workers: int | None = None) -> EnvBase:
+    """The env of ``cfg`` with per-env seeds ``seed + i`` (i over every copy of every worker)."""
+    num_envs = cfg.num_envs if num_envs is None else num_envs
+    num_workers = cfg.num_workers if num_workers is None else num_workers
+    makers, batched = [], True
+    for w in range(num_workers):
+        maker, batched = _base_maker(cfg, seed + w * num_envs, num_envs)
+        makers.append(maker)
+    if batched:
+        env = makers[0]() if num_workers == 1 else ParallelEnv(num_workers, [EnvCreator(m) for m in makers])
+    else:
+        # An unbatched user env: one copy per slot, stacked by TorchRL.
+        maker = makers[0]
+        copies = num_envs * num_workers
+        env = SerialEnv(copies, maker) if num_workers == 1 else ParallelEnv(copies, EnvCreator(maker))
+    env = _flatten_observation(env)
+    check_action_spec(env)
+    env.set_seed(seed)
+    return env
+
+
+def env_dims(cfg: EnvConfig) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """(obs_dim, act_dim, action_low, action_high) of ``cfg``'s env, from one small probe env."""
+    env = make_env(cfg, seed=0, num_envs=1, num_workers=1)
+    try:
+        spec = env.action_spec
+        obs_dim = env.observation_spec["observation"].shape[-1]
+        low = spec.space.low.reshape(-1, spec.shape[-1])[0].clone()
+        high = spec.space.high.reshape(-1, spec.shape[-1])[0].clone()
+        return int(obs_dim), int(spec.shape[-1]), low, high
+    finally:
+        env.close()

@@ -1,0 +1,17 @@
+"""Errors that GoRL reports to the user as one line (see ``gorl.cli``)."""
+
+
+class GoRLError(Exception):
+    """Base class: the CLI prints ``gorl: error: <message>`` and exits non-zero, no traceback."""
+
+
+class ConfigError(GoRLError, ValueError):
+    """A configuration value is invalid (unknown task, bad shape, unsupported action spec...)."""
+
+
+class CheckpointError(GoRLError):
+    """A checkpoint is missing, unreadable or does not match the configuration."""
+
+
+class NonFiniteError(GoRLError, FloatingPointError):
+    """Training produced a NaN/Inf; the message names phase, stage and frame."""

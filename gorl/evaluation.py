@@ -1,0 +1,25 @@
+"""Deterministic evaluation: the latent mean through the decoder, one episode per eval env."""
+
+from __future__ import annotations
+
+import torch
+from tensordict.nn import TensorDictModuleBase
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+
+def first_episode_returns(reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """Return of each env's first episode in a rollout ``[N, T, 1]`` (steps after its end ignored)."""
+    done = done.reshape(*done.shape[:2]).to(torch.long)
+    ended_before = torch.cumsum(done, dim=1) - done  # episodes finished strictly before step t
+    mask = (ended_before == 0).to(reward.dtype)
+    return (reward.reshape(mask.shape) * mask).sum(1)
+
+
+@torch.no_grad()
+def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000) -> torch.Tensor:
+    """Returns of one deterministic episode per env copy, shape ``[num_env_copies]``."""
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True)
+    td = td.reshape(-1, td.shape[-1])
+    return first_episode_returns(td["next", "reward"], td["next", "done"])

@@ -1,0 +1,95 @@
+"""Small building blocks shared by the encoder and the decoders."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.SiLU, zero_last: bool = False) -> nn.Sequential:
+    """``Linear -> act`` per hidden width, then a linear head (zero-initialised when ``zero_last``)."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), activation()]
+        d = h
+    head = nn.Linear(d, out_dim)
+    if zero_last:
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    layers.append(head)
+    return nn.Sequential(*layers)
+
+
+class RunningNorm(nn.Module):
+    """Observation normaliser with running mean/variance kept in buffers.
+
+    Buffers (not parameters) so the statistics travel in every checkpoint and are never touched by
+    an optimiser. ``update`` merges a batch with Chan et al.'s parallel formula, so the result does
+    not depend on how the data was split into batches.
+    """
+
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.clip, self.eps = clip, eps
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total) / total)
+        self.count.fill_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.count == 0:
+            return x
+        std = (self.var + self.eps).sqrt().to(x.dtype)
+        return ((x - self.mean.to(x.dtype)) / std).clamp(-self.clip, self.clip)
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Time embedding ``[cos(2^k t), sin(2^k t)]`` for k < dim/2 (the authors' decoder input)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"time embedding dim must be even, got {dim}")
+        self.register_buffer("freqs", 2.0 ** torch.arange(dim // 2, dtype=torch.float32), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        scaled = t * self.freqs.to(t.dtype)
+        return torch.cat([torch.cos(scaled), torch.sin(scaled)], dim=-1)
+
+
+class ActionSquash(nn.Module):
+    """``tanh`` into ``[-1, 1]``, then affinely onto the env's action box (a no-op for dm_control)."""
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("low", low.float().clone())
+        self.register_buffer("high", high.float().clone())
+
+    def forward(self, pre_tanh: torch.Tensor) -> torch.Tensor:
+        return self.low + (torch.tanh(pre_tanh) + 1.0) * 0.5 * (self.high - self.low)
+
+
+def stage_value(value: float | Sequence[float], stage: int) -> float:
+    """Per-stage schedules: a scalar, or a list whose last entry holds for all later stages."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return float(value[min(stage, len(value) - 1)])
+
+
+__all__ = ["mlp", "RunningNorm", "SinusoidalEmbedding", "ActionSquash", "stage_value", "math"]

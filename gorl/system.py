@@ -1,0 +1,260 @@
+"""GoRLSystem: the top-level LightningModule that owns encoder, decoders and the stage loop.
+
+Lightning drives it like any module (``Trainer.fit``), but one ``training_step`` is one *iteration*
+of the GoRL loop (:mod:`gorl.loop`): during an encoder phase, a TorchRL collector rollout and one PPO
+update of :class:`~gorl.encoder.EncoderModule`; during a decoder refinement, the dataset collection
+or one epoch of decoder fitting (:mod:`gorl.refinement`). The "batches" Lightning feeds it are just
+ticks; the data comes from the collector, built in :meth:`setup` once the module is on its device.
+Optimisation is manual because one iteration takes many optimiser steps of one of two optimisers.
+
+The policy the env sees is ``observation -> encoder latent -> decoder -> tanh``, a TorchRL
+``TensorDictSequential`` whose decoder slot dispatches to the identity in stage 0 and to the
+fitted decoder afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterator
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.collectors import Collector
+
+from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
+from gorl.encoder import EncoderModule
+from gorl.envs.factory import EnvConfig, env_dims, make_env
+from gorl.errors import ConfigError, NonFiniteError
+from gorl.evaluation import evaluate
+from gorl.loop import LoopConfig, LoopState
+from gorl.networks import ActionSquash
+from gorl.refinement import DecoderFit, RefinementConfig, collect, split_by_episode, top_q_episodes
+
+EncoderFactory = Callable[[int, int], EncoderModule]
+DecoderFactory = Callable[[int, int], DecoderModule]
+
+
+class _Ticks(IterableDataset):
+    """An endless stream of iteration numbers: the loop stops itself via ``trainer.should_stop``."""
+
+    def __iter__(self) -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+
+class GoRLSystem(pl.LightningModule):
+    """GoRL (or, with one stage, Gaussian PPO) on one env config.
+
+    Args:
+        env: which env and how many copies (:class:`~gorl.envs.factory.EnvConfig`).
+        encoder: the latent-policy optimiser, ``class_path`` + ``init_args`` (default:
+            :class:`~gorl.encoder.EncoderModule`, latent PPO); built with (obs_dim, act_dim).
+        decoder: the generative decoder used from stage 1 on (default:
+            :class:`~gorl.decoders.FlowDecoder`); stage 0 always uses the exact identity.
+        loop: stage plan and evaluation cadence (:class:`~gorl.loop.LoopConfig`).
+        refinement: decoder refinement settings (:class:`~gorl.refinement.RefinementConfig`).
+        seed: base seed; env copy ``i`` of rank ``r`` gets ``seed + 10_000 r + i`` (linked to the
+            CLI's ``seed_everything``).
+    """
+
+    def __init__(
+        self,
+        env: EnvConfig | None = None,
+        encoder: EncoderFactory | None = None,
+        decoder: DecoderFactory | None = None,
+        loop: LoopConfig | None = None,
+        refinement: RefinementConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.env_cfg = env or EnvConfig()
+        self.loop_cfg = loop or LoopConfig()
+        self.refine_cfg = refinement or RefinementConfig()
+        self.seed = int(seed)
+        obs_dim, act_dim, low, high = env_dims(self.env_cfg)
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self._make_decoder: DecoderFactory = decoder or FlowDecoder
+        self.encoder = (encoder or EncoderModule)(obs_dim, act_dim)
+        self.identity = IdentityDecoder(obs_dim, act_dim)
+        self.decoder = self._make_decoder(obs_dim, act_dim)  # acts from stage 1 on
+        self.trainee = self._make_decoder(obs_dim, act_dim)  # being fitted during a refinement
+        if self.encoder.latent_dim != act_dim and len(self.loop_cfg.stages) >= 1:
+            # Stage 0 decodes with the identity, which needs latent size == action size.
+            raise ConfigError(f"encoder latent_dim ({self.encoder.latent_dim}) must equal the action dim ({act_dim}) for stage 0")
+        self.squash = ActionSquash(low, high)
+        self.loop_state = LoopState()
+        self.best_encoder: dict[str, torch.Tensor] | None = None
+        self.fit_state: DecoderFit | None = None
+        self._ep_return: torch.Tensor | None = None
+        self._recent_returns: list[float] = []
+        self.policy = TensorDictSequential(
+            self.encoder.policy(),
+            TensorDictModule(self._decode, in_keys=["observation", "latent"], out_keys=["pre_tanh"]),
+            TensorDictModule(self.squash, in_keys=["pre_tanh"], out_keys=["action"]),
+        )
+
+    # --- the policy -----------------------------------------------------------------------------
+    def acting_decoder(self) -> DecoderModule:
+        return self.identity if self.loop_state.stage == 0 else self.decoder
+
+    def _decode(self, obs: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        return self.acting_decoder().decode(obs, latent)
+
+    # --- Lightning plumbing -----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        seed = self.seed + 10_000 * rank
+        self.train_env = make_env(self.env_cfg, seed=seed)
+        self.eval_env = make_env(self.env_cfg, seed=seed + 1_000_000, num_envs=self.env_cfg.eval_envs, num_workers=1)
+        frames = self.train_env.batch_size.numel() * self.encoder.hparams.unroll
+        # The collector runs the live policy object (same process, same device): weights updated by
+        # the optimiser are used at the next step with no copy.
+        self.collector = Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True)
+        self._batches = iter(self.collector)
+
+    def teardown(self, stage: str) -> None:
+        if getattr(self, "collector", None) is not None:
+            self.collector.shutdown()
+            self.collector = None
+        for name in ("train_env", "eval_env"):
+            env = getattr(self, name, None)
+            if env is not None and not env.is_closed:
+                env.close()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Ticks(), batch_size=None)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        enc = self.encoder.configure_optimizers()
+        dec = self.trainee.configure_optimizers() if self.trainee.trainable else torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        return [enc, dec]
+
+    # --- one iteration ---------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        st = self.loop_state
+        if st.phase == "encoder":
+            self._encoder_iteration()
+        elif st.phase == "decoder":
+            self._decoder_iteration()
+        st.iteration += 1
+        self.log_dict({"loop/stage": float(st.stage), "loop/phase": float(st.phase != "encoder"), "loop/frames": float(st.frames)}, on_step=True)
+        if st.phase == "done":
+            self.trainer.should_stop = True
+
+    def _optimize(self, optimizer, loss: torch.Tensor, max_norm: float | None = None) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"non-finite loss ({float(loss)}) in the {self.loop_state.phase} phase, stage {self.loop_state.stage}, frame {self.loop_state.frames}")
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if max_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def _encoder_iteration(self) -> None:
+        st, cfg = self.loop_state, self.loop_cfg
+        t0 = time.perf_counter()
+        rollout = next(self._batches)
+        t1 = time.perf_counter()
+        self._track_returns(rollout)
+        enc_opt = self.optimizers()[0]
+        self.encoder.set_stage(st.stage, enc_opt)
+        metrics = self.encoder.train_on(rollout, lambda loss, norm: self._optimize(enc_opt, loss, norm), st.stage)
+        t2 = time.perf_counter()
+        frames = rollout.numel() * self.trainer.world_size
+        st.frames += frames
+        st.stage_frames += frames
+        self.log_dict({f"encoder/{k}": v for k, v in metrics.items()}, on_step=True)
+        self.log_dict({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)}, on_step=True, prog_bar=True)
+        if self._recent_returns:
+            self.log("train/return", sum(self._recent_returns) / len(self._recent_returns), on_step=True, prog_bar=True)
+        phase_over = st.encoder_phase_over(cfg)
+        if st.eval_due(cfg) or phase_over:
+            self._evaluate()
+        if phase_over:
+            if st.end_encoder_phase(cfg) == "decoder" and self.best_encoder is not None:
+                self.encoder.restore(self.best_encoder)
+            rank_zero_info(f"[gorl] stage {st.stage} encoder phase done at {st.frames:,} frames; best eval return {st.best_return:.1f}")
+
+    def _evaluate(self) -> None:
+        st = self.loop_state
+        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps)
+        mean = float(self.trainer.strategy.reduce(returns.mean().to(self.device), reduce_op="mean"))
+        st.last_eval_frames = st.frames
+        if mean > st.best_return:
+            st.best_return = mean
+            self.best_encoder = self.encoder.snapshot()
+        self.log_dict({"eval/return": mean, "eval/return_std": float(returns.std()) if returns.numel() > 1 else 0.0}, on_step=True, prog_bar=True)
+        self.last_eval_return = mean
+        rank_zero_info(f"[gorl] stage {st.stage} | frames {st.frames:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f}")
+
+    def _decoder_iteration(self) -> None:
+        st, rc = self.loop_state, self.refine_cfg
+        dec_opt = self.optimizers()[1]
+        if self.fit_state is None:
+            # Collect with the best encoder, frozen; then start a fresh (or warm) decoder.
+            data, frames = collect(self._batches, math.ceil(rc.transitions / self.trainer.world_size))
+            st.collect_frames += frames * self.trainer.world_size
+            if rc.top_q is not None:
+                data = top_q_episodes(data, rc.top_q)
+            gen = torch.Generator().manual_seed(self.seed + st.stage)
+            train, val = split_by_episode(data, rc.val_fraction, gen)
+            init = self.decoder if (rc.warm_start and st.stage > 1) else self._make_decoder(self.obs_dim, self.act_dim)
+            self.trainee.load_state_dict(init.state_dict())
+            self.trainee.fit_obs_statistics(train["observation"].to(self.device))
+            dec_opt.optimizer.state.clear()
+            self.fit_state = DecoderFit(rc, train, val)
+            self.log("decoder/dataset_size", float(len(data)), on_step=True)
+            rank_zero_info(f"[gorl] stage {st.stage}: refining the decoder on {len(train):,} train / {len(val):,} val pairs")
+            return
+        fit = self.fit_state
+        metrics = fit.step(self.trainee, lambda loss: self._optimize(dec_opt, loss), reduce=lambda x: self.trainer.strategy.reduce(x, reduce_op="mean"))
+        self.log_dict({f"decoder/{k}": float(v) for k, v in metrics.items()}, on_step=True, prog_bar=True)
+        if fit.done:
+            self.trainee.load_state_dict(fit.best_state)
+            self.decoder.load_state_dict(fit.best_state)
+            rank_zero_info(f"[gorl] stage {st.stage} decoder fitted: {fit.epoch} epochs, best val loss {fit.best_val:.4f}")
+            self.fit_state = None
+            self.encoder.reset(self.best_encoder)
+            self.best_encoder = None
+            st.start_next_stage()
+
+    def _track_returns(self, rollout: TensorDictBase) -> None:
+        """Training-episode returns (unscaled) from a rollout ``[*batch, T]``."""
+        data = rollout.reshape(-1, rollout.shape[-1])
+        reward = data["next", "reward"].reshape(data.shape)
+        done = data["next", "done"].reshape(data.shape)
+        if self._ep_return is None or self._ep_return.shape[0] != data.shape[0]:
+            self._ep_return = torch.zeros(data.shape[0])
+        for t in range(data.shape[1]):
+            self._ep_return += reward[:, t]
+            finished = done[:, t]
+            if finished.any():
+                self._recent_returns.extend(self._ep_return[finished].tolist())
+                self._ep_return[finished] = 0.0
+        self._recent_returns = self._recent_returns[-100:]
+
+    # --- checkpoints: the loop's state travels with the weights -----------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gorl_loop"] = {
+            "state": self.loop_state.state_dict(),
+            "best_encoder": self.best_encoder,
+            "fit": None if self.fit_state is None else self.fit_state.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("gorl_loop")
+        if saved is None:
+            return
+        self.loop_state.load_state_dict(saved["state"])
+        self.best_encoder = saved["best_encoder"]
+        self.fit_state = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refine_cfg, saved["fit"])
