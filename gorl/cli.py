@@ -18,6 +18,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
+from gorl.callbacks import FrameCheckpoint  # noqa: E402
 from gorl.errors import GoRLError  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402
 
@@ -26,6 +27,7 @@ TRAINER_DEFAULTS = {
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
     "enable_model_summary": False,
+    "enable_checkpointing": True,
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "gorl"}},
 }
 
@@ -33,6 +35,7 @@ TRAINER_DEFAULTS = {
 class GoRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("seed_everything", "model.seed")
+        parser.add_lightning_class_args(FrameCheckpoint, "checkpoint")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -84,7 +84,8 @@ class EncoderModule(pl.LightningModule):
         actor_hidden, critic_hidden: MLP widths (SiLU).
         lr: Adam learning rate, per stage (a list: one value per stage, the last repeats).
         unroll: env steps per env per rollout; a rollout has ``num_envs * num_workers * unroll`` frames.
-        epochs, num_minibatches: passes over a rollout and minibatches per pass.
+        epochs, minibatch_size: passes over a rollout and the size of its shuffled minibatches
+            (a rollout smaller than one minibatch is one minibatch).
         gamma, lmbda: discount and GAE lambda.
         clip_epsilon, max_grad_norm: per stage.
         entropy_coef, value_coef: PPO loss weights (entropy of the latent Gaussian).
@@ -107,7 +108,7 @@ class EncoderModule(pl.LightningModule):
         lr: StageFloat = 1e-3,
         unroll: int = 30,
         epochs: int = 16,
-        num_minibatches: int = 32,
+        minibatch_size: int = 1024,
         gamma: float = 0.995,
         lmbda: float = 0.95,
         clip_epsilon: StageFloat = [0.15, 0.3],  # noqa: B006  (read-only, jsonargparse shows it)
@@ -155,7 +156,7 @@ class EncoderModule(pl.LightningModule):
         return self.actor
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=stage_value(self.hparams.lr, 0))
+        return torch.optim.Adam(self.parameters(), lr=stage_value(self.hparams.lr, 0), foreach=True)
 
     def set_stage(self, stage: int, optimizer: torch.optim.Optimizer) -> None:
         """Apply the per-stage schedule (clip, lr) for ``stage``."""
@@ -173,7 +174,7 @@ class EncoderModule(pl.LightningModule):
             self.gae(data)
         flat = data.reshape(-1)
         n = flat.numel()
-        mb = max(1, n // hp.num_minibatches)
+        mb = min(n, hp.minibatch_size)
         beta = stage_value(hp.prior_coef, stage)
         max_norm = stage_value(hp.max_grad_norm, stage)
         sums: dict[str, float] = {}
@@ -183,9 +184,15 @@ class EncoderModule(pl.LightningModule):
             for start in range(0, n - mb + 1, mb):
                 batch = flat[perm[start : start + mb]]
                 out = self.loss_module(batch)
-                loc, scale = self.actor_net(batch["observation"])
-                prior = prior_regulariser(loc, scale, hp.prior_reg)
-                loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"] + beta * prior
+                loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+                if hp.prior_reg != "none" and beta > 0:
+                    # ClipPPOLoss does not expose the distribution's parameters: one more forward
+                    # of the small actor is cheaper than re-implementing the loss.
+                    loc, scale = self.actor_net(batch["observation"])
+                    prior = prior_regulariser(loc, scale, hp.prior_reg)
+                    loss = loss + beta * prior
+                else:
+                    prior = torch.zeros(())
                 optimize(loss, max_norm)
                 for k, v in (
                     ("loss", loss),
@@ -195,7 +202,6 @@ class EncoderModule(pl.LightningModule):
                     ("prior", prior),
                     ("clip_fraction", out["clip_fraction"]),
                     ("kl_approx", out["kl_approx"]),
-                    ("scale", scale.mean()),
                 ):
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 steps += 1
@@ -213,23 +219,18 @@ class EncoderModule(pl.LightningModule):
         self.load_state_dict(state)
 
     def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
-        """Start a new stage as configured by ``reset`` (see the class docstring)."""
+        """Start a new stage as configured by ``reset`` (see the class docstring).
+
+        Works on the sub-networks, not on ``state_dict`` keys: the actor and critic are reachable
+        under several names (TorchRL's loss and GAE hold them too) that share the same tensors.
+        """
         mode = self.hparams.reset
         if mode == "warm":
             if best is not None:
                 self.load_state_dict(best)
             return
-        keep = {}
-        if mode == "warm_value":
-            keep = {k: v for k, v in self.state_dict().items() if k.startswith(("critic_net.", "obs_norm."))}
-        fresh = self._fresh_state()
-        fresh.update(keep)
-        self.load_state_dict(fresh)
-
-    def _fresh_state(self) -> dict[str, torch.Tensor]:
-        # Re-initialise like a new module (new random hidden weights, head at the prior).
-        clone = type(self)(self.obs_dim, self.act_dim, **self.hparams_initial_kwargs())
-        return {k: v.to(self.device) for k, v in clone.state_dict().items()}
-
-    def hparams_initial_kwargs(self) -> dict:
-        return {k: v for k, v in self.hparams.items() if k not in ("obs_dim", "act_dim")}
+        fresh = type(self)(self.obs_dim, self.act_dim, **{k: v for k, v in self.hparams.items() if k not in ("obs_dim", "act_dim")})
+        self.actor_net.net.load_state_dict(fresh.actor_net.net.state_dict())
+        if mode == "fresh":
+            self.critic_net.net.load_state_dict(fresh.critic_net.net.state_dict())
+            self.obs_norm.load_state_dict(fresh.obs_norm.state_dict())

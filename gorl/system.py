@@ -7,9 +7,9 @@ or one epoch of decoder fitting (:mod:`gorl.refinement`). The "batches" Lightnin
 ticks; the data comes from the collector, built in :meth:`setup` once the module is on its device.
 Optimisation is manual because one iteration takes many optimiser steps of one of two optimisers.
 
-The policy the env sees is ``observation -> encoder latent -> decoder -> tanh``, a TorchRL
-``TensorDictSequential`` whose decoder slot dispatches to the identity in stage 0 and to the
-fitted decoder afterwards.
+The policy the env sees is ``observation -> encoder latent -> decoder -> tanh``
+(:class:`~gorl.policy.LatentPolicy`), whose decoder slot dispatches to the identity in stage 0 and
+to the fitted decoder afterwards.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
@@ -33,6 +32,7 @@ from gorl.errors import ConfigError, NonFiniteError
 from gorl.evaluation import evaluate
 from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash
+from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig, collect, split_by_episode, top_q_episodes
 
 EncoderFactory = Callable[[int, int], EncoderModule]
@@ -95,11 +95,7 @@ class GoRLSystem(pl.LightningModule):
         self.fit_state: DecoderFit | None = None
         self._ep_return: torch.Tensor | None = None
         self._recent_returns: list[float] = []
-        self.policy = TensorDictSequential(
-            self.encoder.policy(),
-            TensorDictModule(self._decode, in_keys=["observation", "latent"], out_keys=["pre_tanh"]),
-            TensorDictModule(self.squash, in_keys=["pre_tanh"], out_keys=["action"]),
-        )
+        self.policy = LatentPolicy(self.encoder.actor_net, self._decode, self.squash)
 
     # --- the policy -----------------------------------------------------------------------------
     def acting_decoder(self) -> DecoderModule:
@@ -139,6 +135,18 @@ class GoRLSystem(pl.LightningModule):
         dec = self.trainee.configure_optimizers() if self.trainee.trainable else torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
         return [enc, dec]
 
+    def on_train_start(self) -> None:
+        self._t_start = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        st = self.loop_state
+        last = getattr(self, "last_eval_return", float("nan"))
+        rank_zero_info(
+            f"[gorl] finished stage {st.stage} ({st.phase}) after {st.frames:,} env frames "
+            f"(+{st.collect_frames:,} for decoder data) in {time.perf_counter() - self._t_start:.0f} s; "
+            f"final eval/return {last:.1f}"
+        )
+
     # --- one iteration ---------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
         st = self.loop_state
@@ -147,7 +155,8 @@ class GoRLSystem(pl.LightningModule):
         elif st.phase == "decoder":
             self._decoder_iteration()
         st.iteration += 1
-        self.log_dict({"loop/stage": float(st.stage), "loop/phase": float(st.phase != "encoder"), "loop/frames": float(st.frames)}, on_step=True)
+        self.log_dict({"loop/stage": float(st.stage), "loop/phase": float(st.phase != "encoder")}, on_step=True)
+        self.log("loop/frames", float(st.frames), on_step=True, prog_bar=True)
         if st.phase == "done":
             self.trainer.should_stop = True
 
@@ -174,9 +183,10 @@ class GoRLSystem(pl.LightningModule):
         st.frames += frames
         st.stage_frames += frames
         self.log_dict({f"encoder/{k}": v for k, v in metrics.items()}, on_step=True)
-        self.log_dict({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)}, on_step=True, prog_bar=True)
+        self.log("perf/fps", frames / (t2 - t0), on_step=True, prog_bar=True)
+        self.log("perf/collect_fps", frames / (t1 - t0), on_step=True)
         if self._recent_returns:
-            self.log("train/return", sum(self._recent_returns) / len(self._recent_returns), on_step=True, prog_bar=True)
+            self.log("train/return", sum(self._recent_returns) / len(self._recent_returns), on_step=True)
         phase_over = st.encoder_phase_over(cfg)
         if st.eval_due(cfg) or phase_over:
             self._evaluate()
@@ -193,7 +203,8 @@ class GoRLSystem(pl.LightningModule):
         if mean > st.best_return:
             st.best_return = mean
             self.best_encoder = self.encoder.snapshot()
-        self.log_dict({"eval/return": mean, "eval/return_std": float(returns.std()) if returns.numel() > 1 else 0.0}, on_step=True, prog_bar=True)
+        self.log("eval/return", mean, on_step=True, prog_bar=True)
+        self.log("eval/return_std", float(returns.std()) if returns.numel() > 1 else 0.0, on_step=True)
         self.last_eval_return = mean
         rank_zero_info(f"[gorl] stage {st.stage} | frames {st.frames:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f}")
 
@@ -218,13 +229,15 @@ class GoRLSystem(pl.LightningModule):
             return
         fit = self.fit_state
         metrics = fit.step(self.trainee, lambda loss: self._optimize(dec_opt, loss), reduce=lambda x: self.trainer.strategy.reduce(x, reduce_op="mean"))
-        self.log_dict({f"decoder/{k}": float(v) for k, v in metrics.items()}, on_step=True, prog_bar=True)
+        self.log_dict({f"decoder/{k}": float(v) for k, v in metrics.items() if k != "val_loss"}, on_step=True)
+        self.log("decoder/val_loss", metrics["val_loss"], on_step=True, prog_bar=True)
         if fit.done:
             self.trainee.load_state_dict(fit.best_state)
             self.decoder.load_state_dict(fit.best_state)
             rank_zero_info(f"[gorl] stage {st.stage} decoder fitted: {fit.epoch} epochs, best val loss {fit.best_val:.4f}")
             self.fit_state = None
             self.encoder.reset(self.best_encoder)
+            self.optimizers()[0].optimizer.state.clear()  # Adam moments of the old encoder are stale
             self.best_encoder = None
             st.start_next_stage()
 

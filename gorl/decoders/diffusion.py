@@ -1,7 +1,11 @@
 """Diffusion decoder: DDPM epsilon-prediction with a cosine schedule, sampled by deterministic DDIM.
 
 Forward process over T steps: ``x_k = sqrt(abar_k) a + sqrt(1 - abar_k) eps`` with the cosine
-schedule of Nichol & Dhariwal (betas clipped at 0.999, ``abar_0 = 1``). Training draws fresh
+schedule of Nichol & Dhariwal, ``abar_k = f(max_t k / T) / f(0)``. The schedule stops at
+``max_t = 0.9`` (``abar_T ~ 0.024``) instead of 1 (``abar_T = 0``): with only ~10 steps, a first
+DDIM step that starts from ``abar ~ 0`` divides by ``sqrt(abar)`` and multiplies any network error
+by ~30, which in our tests collapsed a bimodal fit onto one mode. The authors' code stops at the
+same point (T cumulative-alpha entries on a grid of T + 1). Training draws fresh
 ``eps ~ N(0, I)`` and a step k per (obs, action) pair and regresses the noise prediction on eps.
 
 Sampling is DDIM with eta = 0 from ``x_T = eps`` (the latent): for k = T..1,
@@ -24,12 +28,11 @@ import torch
 from gorl.decoders.base import ConditionalMLP, DecoderModule
 
 
-def cosine_alpha_bar(steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    """``abar_k`` for k = 0..T (``abar_0 = 1``), cosine schedule with clipped betas, float64."""
-    k = torch.arange(steps + 1, dtype=torch.float64)
-    f = torch.cos((k / steps + offset) / (1 + offset) * math.pi / 2) ** 2
-    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
-    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+def cosine_alpha_bar(steps: int, max_t: float = 0.9, offset: float = 0.008) -> torch.Tensor:
+    """``abar_k`` for k = 0..T (``abar_0 = 1``, decreasing), cosine schedule up to ``max_t``, float64."""
+    t = torch.arange(steps + 1, dtype=torch.float64) / steps * max_t
+    f = torch.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
+    return f / f[0]
 
 
 class DiffusionDecoder(DecoderModule):

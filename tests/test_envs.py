@@ -1,0 +1,173 @@
+"""Env layer: shapes, dtypes, truncation, seeding, batched == single, factory errors, BYO env."""
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from gorl.envs.dmc import DMControlBatchEnv, parse_task
+from gorl.envs.factory import EnvConfig, env_dims, make_env
+from gorl.errors import ConfigError
+
+
+def _rand_actions(n: int, dim: int, steps: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(steps, n, dim, generator=g) * 2 - 1
+
+
+def test_specs_shapes_and_dtypes():
+    env = DMControlBatchEnv("cheetah-run", num_envs=3, seed=0)
+    td = env.reset()
+    assert td["observation"].shape == (3, 17) and td["observation"].dtype == torch.float32
+    td["action"] = torch.zeros(3, 6)
+    out = env.step(td)["next"]
+    assert out["reward"].shape == (3, 1) and out["reward"].dtype == torch.float32
+    for key in ("done", "terminated", "truncated"):
+        assert out[key].shape == (3, 1) and out[key].dtype == torch.bool
+    assert env.action_spec.space.low.min() == -1 and env.action_spec.space.high.max() == 1
+    env.close()
+
+
+def test_time_limit_is_truncation_not_termination():
+    env = DMControlBatchEnv("cheetah-run", num_envs=2, seed=0)
+    td = env.reset()
+    for t in range(1000):
+        td["action"] = torch.zeros(2, 6)
+        td = env.step(td)
+        nxt = td["next"]
+        if t < 999:
+            assert not nxt["done"].any(), t
+        td = nxt.exclude("reward", "done", "terminated", "truncated")
+    assert nxt["truncated"].all() and nxt["done"].all() and not nxt["terminated"].any()
+    env.close()
+
+
+def test_auto_reset_only_resets_done_envs():
+    env = DMControlBatchEnv("cheetah-run", num_envs=2, seed=0)
+    td = env.reset()
+    td["action"] = torch.zeros(2, 6)
+    td = env.step(td)["next"]
+    before = td["observation"].clone()
+    td.set("_reset", torch.tensor([[True], [False]]))
+    out = env.reset(td)
+    assert torch.equal(out["observation"][1], before[1])
+    assert not torch.equal(out["observation"][0], before[0])
+    env.close()
+
+
+def _rollout_obs(env: EnvBase, actions: torch.Tensor) -> torch.Tensor:
+    td = env.reset()
+    obs = [td["observation"].clone()]
+    for a in actions:
+        td["action"] = a
+        td = env.step(td)["next"].exclude("reward")
+        obs.append(td["observation"].clone())
+    return torch.stack(obs)
+
+
+def test_seeding_is_reproducible_and_seed_dependent():
+    acts = _rand_actions(2, 1, 20)
+    a = _rollout_obs(DMControlBatchEnv("hopper-stand", 2, seed=7), acts.expand(20, 2, 4))
+    b = _rollout_obs(DMControlBatchEnv("hopper-stand", 2, seed=7), acts.expand(20, 2, 4))
+    c = _rollout_obs(DMControlBatchEnv("hopper-stand", 2, seed=8), acts.expand(20, 2, 4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_batched_env_equals_single_envs_step_for_step():
+    n, steps = 3, 30
+    acts = _rand_actions(n, 6, steps, seed=1)
+    batched = _rollout_obs(DMControlBatchEnv("cheetah-run", n, seed=100), acts)
+    singles = [_rollout_obs(DMControlBatchEnv("cheetah-run", 1, seed=100 + i), acts[:, i : i + 1]) for i in range(n)]
+    assert torch.allclose(batched, torch.cat(singles, dim=1))
+
+
+def test_unknown_task_lists_valid_tasks():
+    with pytest.raises(ConfigError, match="unknown dm_control task 'cheetah-fly'.*cheetah-run"):
+        parse_task("cheetah-fly")
+    with pytest.raises(ConfigError, match="unknown dm_control task"):
+        env_dims(EnvConfig(task="cheetah-fly"))
+
+
+def test_worker_processes_give_a_two_level_batch():
+    env = make_env(EnvConfig(task="cheetah-run", num_envs=2, num_workers=2), seed=0)
+    try:
+        td = env.reset()
+        assert td["observation"].shape == (2, 2, 17)
+        td["action"] = torch.zeros(2, 2, 6)
+        assert env.step(td)["next", "reward"].shape == (2, 2, 1)
+    finally:
+        env.close()
+
+
+# --- bring your own env --------------------------------------------------------------------------
+class PointEnv(EnvBase):
+    """An unbatched user env: 1-D point, actions in [-2, 2], observation under another key."""
+
+    def __init__(self, horizon: int = 5):
+        super().__init__(batch_size=torch.Size([]))
+        self.observation_spec = Composite(pos=Unbounded((1,)), vel=Unbounded((1,)))
+        self.action_spec = Bounded(-2.0, 2.0, (1,))
+        self.reward_spec = Unbounded((1,))
+        self.horizon = horizon
+        self._pos = torch.zeros(1)
+        self._t = 0
+
+    def _reset(self, td=None, **kw):
+        self._pos, self._t = torch.zeros(1), 0
+        return TensorDict({"pos": self._pos.clone(), "vel": torch.zeros(1), "done": torch.zeros(1, dtype=torch.bool), "terminated": torch.zeros(1, dtype=torch.bool)})
+
+    def _step(self, td):
+        a = td["action"]
+        assert -2.0 <= float(a) <= 2.0
+        self._pos = self._pos + 0.1 * a
+        self._t += 1
+        done = torch.tensor([self._t >= self.horizon])
+        return TensorDict({"pos": self._pos.clone(), "vel": a.clone(), "reward": -(self._pos - 1).abs(), "done": done, "terminated": done.clone()})
+
+    def _set_seed(self, seed):
+        return seed
+
+
+def make_point_env(horizon: int = 5) -> PointEnv:
+    return PointEnv(horizon)
+
+
+class DiscreteEnv(PointEnv):
+    def __init__(self):
+        super().__init__()
+        self.action_spec = Categorical(3)
+
+
+def test_byo_env_is_stacked_flattened_and_rescaled():
+    cfg = EnvConfig(factory="tests.test_envs:make_point_env", factory_kwargs={"horizon": 3}, num_envs=2)
+    obs_dim, act_dim, low, high = env_dims(cfg)
+    assert (obs_dim, act_dim) == (2, 1) and float(low) == -2.0 and float(high) == 2.0
+    env = make_env(cfg, seed=0)
+    assert env.reset()["observation"].shape == (2, 2)
+    env.close()
+
+
+def test_byo_env_with_discrete_actions_is_rejected():
+    with pytest.raises(ConfigError, match="continuous bounded action spec"):
+        env_dims(EnvConfig(factory="tests.test_envs:DiscreteEnv"))
+
+
+def test_bad_factory_path_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        env_dims(EnvConfig(factory="tests.nope:make"))
+
+
+def test_toy_bandit_rewards_both_modes_equally():
+    from gorl.envs.bandit import ToyBanditEnv, mode_centers
+
+    env = ToyBanditEnv(num_envs=4, seed=0)
+    ctx = torch.tensor([[0.2], [-0.4], [0.0], [1.0]])
+    centers = mode_centers(ctx.squeeze(-1))
+    r_plus = env.reward(ctx, centers[:, :1])
+    r_minus = env.reward(ctx, centers[:, 1:])
+    assert torch.allclose(r_plus, torch.ones(4, 1)) and torch.allclose(r_minus, torch.ones(4, 1))
+    assert (env.reward(ctx, torch.zeros(4, 1)) < 0.01).all()  # the valley between the modes
+    assert np.isfinite(env.rollout(12)["next", "reward"].numpy()).all()
