@@ -65,14 +65,15 @@ class DiffusionDecoder(DecoderModule):
         k = torch.randint(1, self.steps + 1, (action.shape[0], 1), device=action.device)
         eps = torch.randn_like(action)
         x_k = self.sqrt_abar[k] * action + self.sqrt_one_minus_abar[k] * eps
-        delta = self.net(cond, x_k, k.to(action.dtype) / self.steps)
+        delta = self.net(cond, x_k, self.net.time_bias(k.to(cond.dtype) / self.steps))
         eps_hat = self.id_gain[k - 1] * x_k + delta.float()
         return (eps_hat - eps).pow(2).sum(-1).mean()
 
     def decode(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         cond = self.net.condition(self.obs_norm(obs))
+        times = torch.arange(1, self.steps + 1, device=eps.device, dtype=cond.dtype).unsqueeze(-1) / self.steps
+        t_bias = self.net.time_bias(times)  # [T, hidden], row k-1 for step k
         x = eps
         for k in range(self.steps, 0, -1):
-            t = torch.full((*x.shape[:-1], 1), k / self.steps, device=x.device, dtype=x.dtype)
-            x = x + self.c[k - 1] * self.net(cond, x, t).to(x.dtype)
+            x = x + self.c[k - 1] * self.net(cond, x, t_bias[k - 1]).to(x.dtype)
         return x

@@ -36,7 +36,7 @@ class FlowDecoder(DecoderModule):
         self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale)
 
     def velocity(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(self.net.condition(self.obs_norm(obs)), x, t)
+        return self.net(self.net.condition(self.obs_norm(obs)), x, self.net.time_bias(t))
 
     def loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         k = self.draws
@@ -45,14 +45,15 @@ class FlowDecoder(DecoderModule):
         eps = torch.randn_like(a)
         t = torch.rand(a.shape[0], 1, device=a.device, dtype=a.dtype)
         x_t = t * eps + (1.0 - t) * a
-        v = self.net(self.net.condition(obs), x_t, t)
+        v = self.net(self.net.condition(obs), x_t, self.net.time_bias(t))
         return (v.float() - (eps - a).float()).pow(2).sum(-1).mean()
 
     def decode(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         cond = self.net.condition(self.obs_norm(obs))
-        x = eps
         dt = 1.0 / self.steps
+        times = 1.0 - dt * torch.arange(self.steps, device=eps.device, dtype=cond.dtype).unsqueeze(-1)
+        t_bias = self.net.time_bias(times)  # [K, hidden]: one row per Euler step, shared by the batch
+        x = eps
         for i in range(self.steps):
-            t = torch.full((*x.shape[:-1], 1), 1.0 - i * dt, device=x.device, dtype=x.dtype)
-            x = x - dt * self.net(cond, x, t).to(x.dtype)
+            x = x - dt * self.net(cond, x, t_bias[i]).to(x.dtype)
         return x

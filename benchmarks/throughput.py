@@ -1,0 +1,139 @@
+"""Env steps per second of GoRL's layers against the raw simulator, measured in one run.
+
+For each task, on the same machine and in the same process:
+  (a) raw      a plain loop of ``dm_control`` ``env.step`` with random actions (one core);
+  (b) env      our batched env (``DMControlBatchEnv``, N copies in one process) under random
+               actions through ``step_and_maybe_reset``; and with ``--workers`` processes;
+  (c) ppo      the full Gaussian-PPO training loop (``gorl fit`` machinery: TorchRL collector,
+               GAE, ClipPPOLoss updates, Lightning manual optimisation), frames / wall second;
+  (d) gorl     the same loop in a GoRL encoder phase, acting through a 10-step flow and a
+               10-step diffusion decoder.
+Each rate is printed with its ratio to (a). Timing thresholds live here, never in unit tests.
+
+    python benchmarks/throughput.py --tasks cheetah-run hopper-stand
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from functools import partial
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import lightning.pytorch as pl  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from gorl.decoders import DiffusionDecoder, FlowDecoder, IdentityDecoder  # noqa: E402
+from gorl.encoder import EncoderModule  # noqa: E402
+from gorl.envs.factory import EnvConfig, make_env  # noqa: E402
+from gorl.loop import LoopConfig  # noqa: E402
+from gorl.system import GoRLSystem  # noqa: E402
+
+# The CPU PPO preset of conf/encoder/ppo_cpu.yaml.
+PPO_CPU = dict(actor_hidden=[32, 32, 32, 32], critic_hidden=[256, 256], lr=3e-4, unroll=32, epochs=10, minibatch_size=512,
+               gamma=0.99, clip_epsilon=0.2, max_grad_norm=0.5, entropy_coef=0.0, value_coef=0.5, reward_scale=1.0, prior_reg="none")
+
+
+def raw_rate(task: str, seconds: float) -> float:
+    from dm_control import suite
+
+    domain, name = task.split("-", 1)
+    env = suite.load(domain, name, task_kwargs={"random": 0})
+    spec = env.action_spec()
+    rng = np.random.default_rng(0)
+    env.reset()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if env.step(rng.uniform(spec.minimum, spec.maximum)).last():
+            env.reset()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def env_rate(task: str, num_envs: int, workers: int, seconds: float) -> float:
+    env = make_env(EnvConfig(task=task, num_envs=num_envs, num_workers=workers), seed=0)
+    td = env.reset()
+    shape = env.action_spec.shape
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        td["action"] = torch.rand(shape) * 2 - 1
+        _, td = env.step_and_maybe_reset(td)
+        n += env.batch_size.numel()
+    rate = n / (time.perf_counter() - t0)
+    env.close()
+    return rate
+
+
+class _Clock(pl.Callback):
+    """Wall time of the stage being measured (from its first iteration to the end of training)."""
+
+    def __init__(self, stage: int) -> None:
+        self.stage, self.t0, self.f0, self.t1, self.f1 = stage, None, 0, None, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.t0 is None and module.loop_state.stage == self.stage:
+            self.t0, self.f0 = time.perf_counter(), module.loop_state.frames
+
+    def on_train_end(self, trainer, module) -> None:
+        self.t1, self.f1 = time.perf_counter(), module.loop_state.frames
+
+
+def loop_rate(task: str, num_envs: int, frames: int, decoder) -> float:
+    """Frames per wall second of a full training loop in an encoder phase acting through ``decoder``."""
+    gorl = decoder is not IdentityDecoder
+    system = GoRLSystem(
+        env=EnvConfig(task=task, num_envs=num_envs, eval_envs=1),
+        encoder=partial(EncoderModule, **PPO_CPU),
+        decoder=decoder,
+        # One cheap evaluation (1 env, 1 step) at the start; the measured stage is frames long.
+        loop=LoopConfig(stages=[frames, frames] if gorl else [frames], eval_every=1e12, eval_max_steps=1),
+    )
+    if gorl:
+        system.loop_state.stage = 1  # act through the (untrained, full-cost) decoder from the start
+    clock = _Clock(stage=system.loop_state.stage)
+    trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+    trainer.fit(system)
+    return (clock.f1 - clock.f0) / (clock.t1 - clock.t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["cheetah-run", "hopper-stand"])
+    p.add_argument("--num-envs", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--frames", type=int, default=65536, help="frames per training-loop measurement")
+    args = p.parse_args()
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"# N = {args.num_envs} envs per batch; loop frames = {args.frames}")
+    print(f"{'task':<14} {'measurement':<44} {'steps/s':>9} {'ratio':>6} {'per core':>9}")
+    for task in args.tasks:
+        raw = raw_rate(task, args.seconds)
+        rows = [("(a) raw dm_control env.step, 1 core", raw, 1)]
+        rows.append((f"(b) batched env, 1 process x {args.num_envs}", env_rate(task, args.num_envs, 1, args.seconds), 1))
+        rows.append((f"(b) batched env, {args.workers} processes x {args.num_envs}", env_rate(task, args.num_envs, args.workers, args.seconds), args.workers))
+        ppo = loop_rate(task, args.num_envs, args.frames, IdentityDecoder)
+        rows.append(("(c) PPO training loop (collect + update)", ppo, 1))
+        for name, dec in (("flow", FlowDecoder), ("diffusion", DiffusionDecoder)):
+            rate = loop_rate(task, args.num_envs, args.frames, dec)
+            rows.append((f"(d) GoRL loop, 10-step {name} decoder", rate, 1))
+            rows.append((f"    wall time per step vs PPO ({name})", ppo / rate, None))
+        for label, rate, cores in rows:
+            if cores is None:
+                print(f"{task:<14} {label:<44} {'':>9} {rate:>5.2f}x")
+            else:
+                print(f"{task:<14} {label:<44} {rate:>9.0f} {rate / raw:>6.2f} {rate / raw / cores:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
