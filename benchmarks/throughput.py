@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import sys
 import time
 from functools import partial
 
@@ -101,13 +103,24 @@ def loop_rate(task: str, num_envs: int, frames: int, decoder) -> float:
     return (clock.f1 - clock.f0) / (clock.t1 - clock.t0)
 
 
+def _median_rates(fns: dict, repeats: int) -> dict:
+    """Run the measurements round-robin ``repeats`` times and keep each one's median: on a shared,
+    noisy machine, interleaving spreads slow spells over all of them instead of one."""
+    got: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            got[key].append(fn())
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["cheetah-run", "hopper-stand"])
     p.add_argument("--num-envs", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--frames", type=int, default=65536, help="frames per training-loop measurement")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds per env-rate measurement")
+    p.add_argument("--frames", type=int, default=32768, help="frames per training-loop measurement")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     args = p.parse_args()
     cpu = platform.processor() or platform.machine()
     try:
@@ -115,24 +128,36 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     print(f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"# N = {args.num_envs} envs per batch; loop frames = {args.frames}")
-    print(f"{'task':<14} {'measurement':<44} {'steps/s':>9} {'ratio':>6} {'per core':>9}")
+    print(f"# {args.num_envs} envs per batch; {args.frames} frames per loop measurement; median of {args.repeats} interleaved repeats")
+    print(f"{'task':<14} {'measurement':<44} {'steps/s':>9} {'ratio':>6} {'per core':>9}", flush=True)
+    n, w = args.num_envs, args.workers
     for task in args.tasks:
-        raw = raw_rate(task, args.seconds)
-        rows = [("(a) raw dm_control env.step, 1 core", raw, 1)]
-        rows.append((f"(b) batched env, 1 process x {args.num_envs}", env_rate(task, args.num_envs, 1, args.seconds), 1))
-        rows.append((f"(b) batched env, {args.workers} processes x {args.num_envs}", env_rate(task, args.num_envs, args.workers, args.seconds), args.workers))
-        ppo = loop_rate(task, args.num_envs, args.frames, IdentityDecoder)
-        rows.append(("(c) PPO training loop (collect + update)", ppo, 1))
-        for name, dec in (("flow", FlowDecoder), ("diffusion", DiffusionDecoder)):
-            rate = loop_rate(task, args.num_envs, args.frames, dec)
-            rows.append((f"(d) GoRL loop, 10-step {name} decoder", rate, 1))
-            rows.append((f"    wall time per step vs PPO ({name})", ppo / rate, None))
+        env = _median_rates({
+            "raw": lambda: raw_rate(task, args.seconds),
+            "env1": lambda: env_rate(task, n, 1, args.seconds),
+            "envw": lambda: env_rate(task, n, w, args.seconds),
+        }, args.repeats)
+        loops = _median_rates({
+            "ppo": lambda: loop_rate(task, n, args.frames, IdentityDecoder),
+            "flow": lambda: loop_rate(task, n, args.frames, FlowDecoder),
+            "diffusion": lambda: loop_rate(task, n, args.frames, DiffusionDecoder),
+        }, args.repeats)
+        raw = env["raw"]
+        rows = [
+            ("(a) raw dm_control env.step, 1 core", raw, 1),
+            (f"(b) batched env, 1 process x {n}", env["env1"], 1),
+            (f"(b) batched env, {w} processes x {n}", env["envw"], w),
+            ("(c) PPO training loop (collect + update)", loops["ppo"], 1),
+        ]
+        for name in ("flow", "diffusion"):
+            rows.append((f"(d) GoRL loop, 10-step {name} decoder", loops[name], 1))
+            rows.append((f"    wall time per step vs PPO ({name})", loops["ppo"] / loops[name], None))
         for label, rate, cores in rows:
             if cores is None:
                 print(f"{task:<14} {label:<44} {'':>9} {rate:>5.2f}x")
             else:
                 print(f"{task:<14} {label:<44} {rate:>9.0f} {rate / raw:>6.2f} {rate / raw / cores:>9.2f}")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
