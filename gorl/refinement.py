@@ -38,6 +38,8 @@ class RefinementConfig:
     Attributes:
         transitions: env frames of data collected per refinement (the authors: ~4,096 episodes of
             1000 steps, about 4.1M frames).
+        episodes: if set, collect until this many episodes have *finished* instead (the frames it
+            took are still counted); ``transitions`` is then ignored.
         val_fraction: fraction of *episodes* held out for validation / early stopping.
         epochs: maximum passes over the training set.
         patience: epochs without a validation improvement before stopping.
@@ -47,6 +49,7 @@ class RefinementConfig:
     """
 
     transitions: int = 4_096_000
+    episodes: int | None = None
     val_fraction: float = 0.1
     epochs: int = 50
     patience: int = 20
@@ -59,6 +62,8 @@ class RefinementConfig:
             raise ConfigError(f"refinement.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.top_q is not None and not 0.0 < self.top_q <= 1.0:
             raise ConfigError(f"refinement.top_q must be in (0, 1] or null, got {self.top_q}")
+        if self.episodes is not None and self.episodes < 1:
+            raise ConfigError(f"refinement.episodes must be >= 1 or null, got {self.episodes}")
         if self.transitions < 2 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("refinement.transitions, epochs and batch_size must be positive")
 
@@ -80,13 +85,15 @@ def decoder_pairs(rollout: TensorDictBase) -> TensorDict:
     )
 
 
-def collect(batches: Iterator[TensorDictBase], frames: int) -> tuple[TensorDict, int]:
-    """Pairs from collector batches until ``frames`` env frames are gathered; returns (data, frames)."""
-    parts, got = [], 0
-    while got < frames:
+def collect(batches: Iterator[TensorDictBase], frames: int, episodes: int | None = None) -> tuple[TensorDict, int]:
+    """Pairs from collector batches until ``frames`` env frames are gathered (or, with
+    ``episodes``, until that many episodes have finished); returns (data, frames)."""
+    parts, got, finished = [], 0, 0
+    while (got < frames) if episodes is None else (finished < episodes):
         batch = next(batches)
         parts.append(decoder_pairs(batch))
         got += batch.numel()
+        finished += int(batch["next", "done"].sum())
     return torch.cat(parts), got
 
 

@@ -213,7 +213,8 @@ class GoRLSystem(pl.LightningModule):
         dec_opt = self.optimizers()[1]
         if self.fit_state is None:
             # Collect with the best encoder, frozen; then start a fresh (or warm) decoder.
-            data, frames = collect(self._batches, math.ceil(rc.transitions / self.trainer.world_size))
+            per_rank = lambda n: None if n is None else math.ceil(n / self.trainer.world_size)  # noqa: E731
+            data, frames = collect(self._batches, per_rank(rc.transitions), per_rank(rc.episodes))
             st.collect_frames += frames * self.trainer.world_size
             if rc.top_q is not None:
                 data = top_q_episodes(data, rc.top_q)

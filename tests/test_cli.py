@@ -20,6 +20,12 @@ def test_smoke_fit_writes_checkpoint_metrics_and_prints_final_return(tmp_path):
     rows = _metrics(tmp_path)
     assert any(r.get("eval/return") for r in rows) and any(r.get("encoder/loss") for r in rows)
     assert "final eval/return" in res.stdout + res.stderr
+    import torch
+
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    state = torch.load(ckpt, weights_only=False)
+    assert state["state_dict"]["encoder.obs_norm.count"] > 0  # running obs statistics travel with the weights
+    assert state["gorl_loop"]["state"]["phase"] == "done"
 
 
 def test_python_dash_m_and_print_config(tmp_path):

@@ -94,6 +94,23 @@ def test_refinement_data_never_carries_the_rollout_latent():
     assert torch.isfinite(torch.tensor([metrics["train_loss"], metrics["val_loss"]])).all()
 
 
+def test_collect_by_frames_or_by_finished_episodes():
+    from gorl.refinement import collect
+
+    def batches():
+        while True:
+            roll = _rollout(n_envs=2, t=10)
+            done = torch.zeros(2, 10, 1, dtype=torch.bool)
+            done[:, -1] = True  # each batch finishes 2 episodes
+            roll["next", "done"] = done
+            yield roll
+
+    data, frames = collect(batches(), frames=50)
+    assert frames == 60 and len(data) == 60
+    data, frames = collect(batches(), frames=10**9, episodes=5)
+    assert frames == 60  # three batches of 2 finished episodes each
+
+
 def test_split_by_episode_keeps_episodes_whole():
     pairs = decoder_pairs(_rollout(n_envs=10))
     train, val = split_by_episode(pairs, 0.2, torch.Generator().manual_seed(0))
