@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -41,11 +40,18 @@ class RunningNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
+        """Merge a batch; in a multi-process run the batch is the union of every rank's batch, so
+        all ranks keep identical statistics."""
+        from gorl.distributed import all_reduce_sum_
+
         x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        n = x.shape[0]
+        moments = all_reduce_sum_(torch.cat([torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device), x.sum(0), x.pow(2).sum(0)]))
+        n = float(moments[0])
         if n == 0:
             return
-        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        dim = x.shape[-1]
+        b_mean = moments[1 : 1 + dim] / n
+        b_var = (moments[1 + dim :] / n - b_mean.pow(2)).clamp_min(0.0)
         total = self.count + n
         delta = b_mean - self.mean
         self.mean += delta * n / total
@@ -92,4 +98,3 @@ def stage_value(value: float | Sequence[float], stage: int) -> float:
     return float(value[min(stage, len(value) - 1)])
 
 
-__all__ = ["mlp", "RunningNorm", "SinusoidalEmbedding", "ActionSquash", "stage_value", "math"]

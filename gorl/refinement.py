@@ -15,6 +15,7 @@ At the end of an encoder phase (the system drives these steps, one per ``trainin
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -24,6 +25,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from gorl.decoders.base import DecoderModule
+from gorl.distributed import min_over_ranks
 from gorl.errors import ConfigError
 
 # (loss) -> None: backward + step with the system's decoder optimiser.
@@ -139,9 +141,11 @@ class DecoderFit:
         decoder.train()
         n, bs = len(self.train), self.cfg.batch_size
         perm = torch.randperm(n)
+        # Every rank must take the same number of optimiser steps (each one all-reduces gradients).
+        n_batches = min_over_ranks(math.ceil(n / bs))
         total, count = 0.0, 0
-        for start in range(0, n, bs):
-            batch = self.train[perm[start : start + bs]].to(decoder.device)
+        for b in range(n_batches):
+            batch = self.train[perm[b * bs : (b + 1) * bs]].to(decoder.device)
             loss = decoder.loss(batch["observation"], batch["action"])
             optimize(loss)
             total += float(loss.detach()) * len(batch)

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
+from gorl.distributed import average_gradients_, broadcast_module_
 from gorl.encoder import EncoderModule
 from gorl.envs.factory import EnvConfig, env_dims, make_env
 from gorl.errors import ConfigError, NonFiniteError
@@ -164,7 +165,13 @@ class GoRLSystem(pl.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteError(f"non-finite loss ({float(loss)}) in the {self.loop_state.phase} phase, stage {self.loop_state.stage}, frame {self.loop_state.frames}")
         optimizer.zero_grad(set_to_none=True)
+        if hasattr(self.trainer.model, "require_backward_grad_sync"):
+            # Under DDP: one module trains while the other idles, and one training_step takes many
+            # steps; DDP's reducer would reject the idle parameters. We average the gradients of
+            # the optimiser's own parameters instead (gorl/distributed.py), so DDP must not.
+            self.trainer.model.require_backward_grad_sync = False
         self.manual_backward(loss)
+        average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
         if max_norm:
             self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
         optimizer.step()
@@ -222,6 +229,7 @@ class GoRLSystem(pl.LightningModule):
             train, val = split_by_episode(data, rc.val_fraction, gen)
             init = self.decoder if (rc.warm_start and st.stage > 1) else self._make_decoder(self.obs_dim, self.act_dim)
             self.trainee.load_state_dict(init.state_dict())
+            broadcast_module_(self.trainee)  # a fresh init draws rank-local random numbers
             self.trainee.fit_obs_statistics(train["observation"].to(self.device))
             dec_opt.optimizer.state.clear()
             self.fit_state = DecoderFit(rc, train, val)
@@ -238,6 +246,7 @@ class GoRLSystem(pl.LightningModule):
             rank_zero_info(f"[gorl] stage {st.stage} decoder fitted: {fit.epoch} epochs, best val loss {fit.best_val:.4f}")
             self.fit_state = None
             self.encoder.reset(self.best_encoder)
+            broadcast_module_(self.encoder)
             self.optimizers()[0].optimizer.state.clear()  # Adam moments of the old encoder are stale
             self.best_encoder = None
             st.start_next_stage()
