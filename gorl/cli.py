@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
 # Rendering is optional (videos); without a display, GLFW would warn on import. EGL is headless.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -20,8 +21,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
+import torch  # noqa: E402
+
 from gorl.callbacks import FrameCheckpoint  # noqa: E402
-from gorl.errors import GoRLError  # noqa: E402
+from gorl.errors import CheckpointError, GoRLError  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402
 
 TRAINER_DEFAULTS = {
@@ -57,10 +60,61 @@ def one_line(message: str) -> str:
     return f"{key}: {detail}" if key else detail
 
 
+def _logger_dirs(logger_cfg) -> tuple[Path, str] | None:
+    """(save_dir, name) of a CSV/TensorBoard-style logger config, else None."""
+    if logger_cfg is None or isinstance(logger_cfg, (bool, list)):
+        return None
+    args = logger_cfg.get("init_args", {}) or {}
+    if "save_dir" not in args:
+        return None
+    return Path(args["save_dir"] or "."), str(args.get("name") or "")
+
+
+def resolve_checkpoint(ckpt_path: str, logger_cfg) -> tuple[Path, str | None]:
+    """The checkpoint file to resume from and, for ``last``, the run version it was found in."""
+    version = None
+    if ckpt_path == "last":
+        dirs = _logger_dirs(logger_cfg)
+        if dirs is None:
+            raise CheckpointError("--ckpt_path last needs a CSV or TensorBoard logger with save_dir; pass the checkpoint file instead")
+        root = dirs[0] / dirs[1]
+        found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise CheckpointError(f"--ckpt_path last: no checkpoint under {root}/version_*/checkpoints/")
+        path, version = found[-1], found[-1].parents[1].name
+    else:
+        path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only: a checkpoint from elsewhere must not be able to run code; mmap: cheap check.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001  (any unreadable file is the same user-facing problem)
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or "gorl_loop" not in state:
+        raise CheckpointError(f"{path} is not a GoRL checkpoint")
+    return path, version
+
+
 class GoRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("seed_everything", "model.seed")
         parser.add_lightning_class_args(FrameCheckpoint, "checkpoint")
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything is built (Lightning's own hook loads it right here).
+
+        ``last`` picks the newest ``last.ckpt`` of this config's logger directory. The resumed run
+        logs into a new version directory: Lightning's CSV logger would delete an existing
+        ``metrics.csv``, and nothing of a previous run may be lost.
+        """
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else None
+        if cfg is not None and cfg.get("ckpt_path"):
+            path, version = resolve_checkpoint(str(cfg.ckpt_path), cfg.trainer.get("logger"))
+            cfg.ckpt_path = str(path)
+            sys.stderr.write(f"gorl: resuming from {path}\n")
+        super()._parse_ckpt_path()
 
 
 def main(args: list[str] | None = None) -> None:

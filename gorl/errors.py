@@ -15,3 +15,7 @@ class CheckpointError(GoRLError):
 
 class NonFiniteError(GoRLError, FloatingPointError):
     """Training produced a NaN/Inf; the message names phase, stage and frame."""
+
+
+class EnvWorkerError(GoRLError):
+    """An env worker process died; its own traceback is printed above the one-line error."""

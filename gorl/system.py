@@ -15,10 +15,12 @@ to the fitted decoder afterwards.
 from __future__ import annotations
 
 import math
+import random
 import time
 from typing import Any, Callable, Iterator
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
@@ -29,7 +31,7 @@ from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
 from gorl.distributed import average_gradients_, broadcast_module_
 from gorl.encoder import EncoderModule
 from gorl.envs.factory import EnvConfig, env_dims, make_env
-from gorl.errors import ConfigError, NonFiniteError
+from gorl.errors import CheckpointError, ConfigError, EnvWorkerError, NonFiniteError
 from gorl.evaluation import evaluate
 from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash
@@ -38,6 +40,24 @@ from gorl.refinement import DecoderFit, RefinementConfig, collect, split_by_epis
 
 EncoderFactory = Callable[[int, int], EncoderModule]
 DecoderFactory = Callable[[int, int], DecoderModule]
+
+
+def rng_state() -> dict:
+    """torch / numpy / python RNG states in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 class _Ticks(IterableDataset):
@@ -138,6 +158,9 @@ class GoRLSystem(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._t_start = time.perf_counter()
+        if getattr(self, "_restore_best_at_start", False) and self.best_encoder is not None:
+            self.encoder.restore(self.best_encoder)  # weights were loaded after on_load_checkpoint
+            self._restore_best_at_start = False
 
     def on_train_end(self) -> None:
         st = self.loop_state
@@ -163,7 +186,7 @@ class GoRLSystem(pl.LightningModule):
 
     def _optimize(self, optimizer, loss: torch.Tensor, max_norm: float | None = None) -> None:
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite loss ({float(loss)}) in the {self.loop_state.phase} phase, stage {self.loop_state.stage}, frame {self.loop_state.frames}")
+            raise NonFiniteError(f"non-finite loss ({float(loss)}) in the {self._where()}; the last checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         if hasattr(self.trainer.model, "require_backward_grad_sync"):
             # Under DDP: one module trains while the other idles, and one training_step takes many
@@ -171,15 +194,34 @@ class GoRLSystem(pl.LightningModule):
             # the optimiser's own parameters instead (gorl/distributed.py), so DDP must not.
             self.trainer.model.require_backward_grad_sync = False
         self.manual_backward(loss)
-        average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        average_gradients_(params)
+        if params and not torch.isfinite(torch.stack([p.grad.norm() for p in params])).all():
+            raise NonFiniteError(f"non-finite gradient in the {self._where()}; the last checkpoint is kept")
         if max_norm:
             self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
         optimizer.step()
 
+    def _next_rollout(self) -> TensorDictBase:
+        try:
+            rollout = next(self._batches)
+        except RuntimeError as err:
+            if "process failed" in str(err):
+                raise EnvWorkerError(f"an env worker process died ({err}); its own error is printed above") from None
+            raise
+        obs = rollout.get("observation")
+        if not torch.isfinite(obs).all():
+            raise NonFiniteError(f"non-finite observation from the env in the {self._where()}")
+        return rollout
+
+    def _where(self) -> str:
+        st = self.loop_state
+        return f"{st.phase} phase, stage {st.stage}, frame {st.frames}"
+
     def _encoder_iteration(self) -> None:
         st, cfg = self.loop_state, self.loop_cfg
         t0 = time.perf_counter()
-        rollout = next(self._batches)
+        rollout = self._next_rollout()
         t1 = time.perf_counter()
         self._track_returns(rollout)
         enc_opt = self.optimizers()[0]
@@ -221,7 +263,7 @@ class GoRLSystem(pl.LightningModule):
         if self.fit_state is None:
             # Collect with the best encoder, frozen; then start a fresh (or warm) decoder.
             per_rank = lambda n: None if n is None else math.ceil(n / self.trainer.world_size)  # noqa: E731
-            data, frames = collect(self._batches, per_rank(rc.transitions), per_rank(rc.episodes))
+            data, frames = collect(iter(self._next_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes))
             st.collect_frames += frames * self.trainer.world_size
             if rc.top_q is not None:
                 data = top_q_episodes(data, rc.top_q)
@@ -240,6 +282,10 @@ class GoRLSystem(pl.LightningModule):
         metrics = fit.step(self.trainee, lambda loss: self._optimize(dec_opt, loss), reduce=lambda x: self.trainer.strategy.reduce(x, reduce_op="mean"))
         self.log_dict({f"decoder/{k}": float(v) for k, v in metrics.items() if k != "val_loss"}, on_step=True)
         self.log("decoder/val_loss", metrics["val_loss"], on_step=True, prog_bar=True)
+        rank_zero_info(
+            f"[gorl] stage {st.stage} decoder epoch {fit.epoch}/{rc.epochs}: train loss {metrics['train_loss']:.4f}, "
+            f"val loss {metrics['val_loss']:.4f} (best {fit.best_val:.4f}, {fit.bad_epochs}/{rc.patience} without improvement)"
+        )
         if fit.done:
             self.trainee.load_state_dict(fit.best_state)
             self.decoder.load_state_dict(fit.best_state)
@@ -272,12 +318,25 @@ class GoRLSystem(pl.LightningModule):
             "state": self.loop_state.state_dict(),
             "best_encoder": self.best_encoder,
             "fit": None if self.fit_state is None else self.fit_state.state_dict(),
+            "rng": rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("gorl_loop")
         if saved is None:
-            return
+            raise CheckpointError("not a GoRL checkpoint (no 'gorl_loop' entry)")
+        mine = self.state_dict()
+        for key, value in checkpoint.get("state_dict", {}).items():
+            if key not in mine or mine[key].shape != value.shape:
+                found = "missing here" if key not in mine else f"shape {tuple(value.shape)} vs {tuple(mine[key].shape)} here"
+                raise CheckpointError(f"checkpoint does not match this config: {key} ({found})")
         self.loop_state.load_state_dict(saved["state"])
+        if "rng" in saved:
+            set_rng_state(saved["rng"])
+        st = self.loop_state
+        if st.phase == "done" and st.stage + 1 < len(self.loop_cfg.stages):
+            # A finished run resumed with a longer plan: refine the decoder and go on.
+            st.phase = "decoder"
+            self._restore_best_at_start = True
         self.best_encoder = saved["best_encoder"]
         self.fit_state = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refine_cfg, saved["fit"])

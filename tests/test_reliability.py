@@ -1,0 +1,128 @@
+"""A crash, a bad checkpoint, a NaN or a dead worker must never cost a run: SIGKILL and resume,
+clear one-line failures, the last good checkpoint kept, and reproducible seeding."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONF, ROOT, run_gorl
+
+# A smoke plan long enough to be killed in the middle of each phase.
+PLAN = ["--config", str(CONF / "smoke.yaml"), "--model.loop.stages", "[1024, 1024]", "--model.loop.eval_every", "256",
+        "--model.refinement.transitions", "8192", "--model.refinement.epochs", "12", "--model.refinement.patience", "100",
+        "--checkpoint.every_frames", "128", "--checkpoint.every_decoder_epochs", "1"]
+
+
+def _phase_sequence(metrics: Path) -> list[tuple[int, int]]:
+    seq = []
+    for r in csv.DictReader(metrics.open()):
+        if r.get("loop/stage"):
+            key = (int(float(r["loop/stage"])), int(float(r["loop/phase"])))
+            if not seq or seq[-1] != key:
+                seq.append(key)
+    return seq
+
+
+def _kill_when(marker: str, cwd: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gorl", "fit", *PLAN], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if marker in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize(
+    "marker, expected_phase",
+    [("[gorl] stage 1 | frames", "encoder"), ("[gorl] stage 0 decoder epoch 3/", "decoder")],
+    ids=["mid-encoder-phase", "mid-decoder-refinement"],
+)
+def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_phase):
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    assert run_gorl("fit", *PLAN, cwd=ref).returncode == 0
+    full = _phase_sequence(next(ref.glob("runs/gorl/version_0/metrics.csv")))
+
+    _kill_when(marker, tmp_path)
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    saved = torch.load(ckpt, weights_only=True)["gorl_loop"]["state"]
+    assert saved["phase"] == expected_phase
+    res = run_gorl("fit", *PLAN, "--ckpt_path", "last", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = _phase_sequence(next(tmp_path.glob("runs/gorl/version_1/metrics.csv")))
+    start = full.index((saved["stage"], int(saved["phase"] != "encoder")))
+    assert resumed == full[start:]
+    final = torch.load(next(tmp_path.glob("runs/gorl/version_1/checkpoints/last.ckpt")), weights_only=True)["gorl_loop"]["state"]
+    reference = torch.load(next(ref.glob("runs/gorl/version_0/checkpoints/last.ckpt")), weights_only=True)["gorl_loop"]["state"]
+    assert (final["stage"], final["phase"], final["frames"]) == (reference["stage"], reference["phase"], reference["frames"])
+
+
+def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
+    for args, expected in (
+        (["--ckpt_path", "last"], "no checkpoint under"),
+        (["--ckpt_path", str(tmp_path / "nope.ckpt")], "does not exist"),
+    ):
+        res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), *args, cwd=tmp_path, timeout=120)
+        assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("gorl: error:") and expected in res.stderr
+    assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), cwd=tmp_path).returncode == 0
+    good = next(tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(corrupt), cwd=tmp_path, timeout=120)
+    assert res.returncode != 0 and "is unreadable or corrupt" in res.stderr.strip().splitlines()[-1]
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder.critic_hidden", "[8]", "--ckpt_path", str(good), cwd=tmp_path, timeout=120)
+    assert res.returncode != 0 and "does not match this config" in res.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("env_cls, expected", [("NaNRewardEnv", "non-finite loss"), ("NaNObsEnv", "non-finite observation")])
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, env_cls, expected):
+    res = run_gorl(
+        "fit", "--config", str(CONF / "smoke.yaml"), "--model.env.factory", f"tests.envs_faulty:{env_cls}",
+        "--model.env.num_envs", "4", "--model.env.eval_envs", "1", "--model.loop.eval_max_steps", "5",
+        "--model.encoder.unroll", "16", "--checkpoint.every_frames", "64", cwd=tmp_path,
+    )
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("gorl: error:") and expected in last and "encoder phase, stage 0, frame" in last
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    state = torch.load(ckpt, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert state["gorl_loop"]["state"]["frames"] > 0
+
+
+def test_a_dying_env_worker_fails_fast_with_a_clear_error(tmp_path):
+    t0 = time.time()
+    res = run_gorl(
+        "fit", "--config", str(CONF / "smoke.yaml"), "--model.env.factory", "tests.envs_faulty:DyingEnv",
+        "--model.env.num_envs", "2", "--model.env.num_workers", "2", "--model.env.eval_envs", "1",
+        "--model.loop.eval_max_steps", "5", cwd=tmp_path, timeout=300,
+    )
+    assert res.returncode != 0 and time.time() - t0 < 240
+    assert "env worker process died" in res.stderr.strip().splitlines()[-1]
+
+
+def _metrics_without_timing(run_dir: Path) -> list[dict]:
+    rows = list(csv.DictReader(next(run_dir.glob("runs/gorl/version_0/metrics.csv")).open()))
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        d = tmp_path / name
+        d.mkdir()
+        assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--seed_everything", str(seed), cwd=d).returncode == 0
+        runs.append(_metrics_without_timing(d))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
