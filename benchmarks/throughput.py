@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gorl.decoders import DiffusionDecoder, FlowDecoder, IdentityDecoder  # noqa: E402
-from gorl.encoder import EncoderModule  # noqa: E402
+from gorl.encoders import EncoderModule  # noqa: E402
 from gorl.envs.factory import EnvConfig, make_env  # noqa: E402
 from gorl.loop import LoopConfig  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402

@@ -40,7 +40,7 @@ TRAINER_DEFAULTS = {
 _PLUMBING = ("Does not validate against any", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>", "Problem with given class_path", "Parser key")
 _CHOICES = {
     "decoder": "gorl.decoders.IdentityDecoder, gorl.decoders.FlowDecoder, gorl.decoders.DiffusionDecoder",
-    "encoder": "gorl.encoder.EncoderModule",
+    "encoder": "gorl.encoders.EncoderModule",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -98,3 +99,34 @@ def stage_value(value: float | Sequence[float], stage: int) -> float:
     return float(value[min(stage, len(value) - 1)])
 
 
+MIN_STD, MAX_STD = 1e-3, 10.0
+_SOFTPLUS_INV_ONE = math.log(math.expm1(1.0 - MIN_STD))  # softplus(b) + 1e-3 == 1
+
+
+class GaussianHead(nn.Module):
+    """``obs -> (loc, scale)`` with ``scale = softplus(x) + 1e-3`` clipped to ``[1e-3, 10]``.
+
+    The last layer starts at zero weights and a bias giving ``scale == 1``: a freshly reset encoder
+    *is* the prior N(0, I), which is where GoRL's stage reset means to put it.
+    """
+
+    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        self.obs_norm = obs_norm
+        self.net = mlp(obs_dim, hidden, 2 * latent_dim, zero_last=True)
+        with torch.no_grad():
+            self.net[-1].bias[latent_dim:] = _SOFTPLUS_INV_ONE
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(self.obs_norm(obs)).float()
+        loc, raw = out.chunk(2, dim=-1)
+        scale = (nn.functional.softplus(raw) + MIN_STD).clamp(MIN_STD, MAX_STD)
+        return loc, scale
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Diagonal Gaussian log-density summed over the last dim (plain tensor maths, fp32 in, fp32 out)."""
+    return (-0.5 * ((x - loc) / scale).pow(2) - scale.log() - _HALF_LOG_2PI).sum(-1)

@@ -4,14 +4,13 @@ Why a hand-fused module instead of ``TensorDictSequential(ProbabilisticActor, de
 the policy runs once per batched env step, and TensorDict module plumbing costs ~2 ms per call on
 CPU (measured with tensordict 0.14: every ``TensorDictModule`` output write goes through
 ``TensorDict.from_any``, which calls ``importlib.util.find_spec("pandas")``), more than 32 cheetah
-physics steps. Here the whole chain is plain tensor code with one ``set`` per output key. The PPO
-loss still uses TorchRL's ``ProbabilisticActor`` (see :mod:`gorl.encoder`); both compute the same
-diagonal-Gaussian log-density (tested).
+physics steps. Here the whole chain is plain tensor code with one ``set`` per output key. The
+encoder's own losses still use TorchRL modules (see :mod:`gorl.encoders.ppo`); both compute the
+same densities (tested).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -20,37 +19,40 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from gorl.networks import gaussian_log_prob  # noqa: F401  (re-exported: gorl.policy.gaussian_log_prob)
+
+ActFn = Callable[[torch.Tensor, bool], dict]
+DecodeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def gaussian_log_prob(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Diagonal Gaussian log-density summed over the last dim."""
-    return (-0.5 * ((x - loc) / scale).pow(2) - scale.log() - _HALF_LOG_2PI).sum(-1)
+def deterministic_mode() -> bool:
+    """True under TorchRL's deterministic exploration types (evaluation)."""
+    return exploration_type() in (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
 
 
 class LatentPolicy(TensorDictModuleBase):
-    """Writes ``latent``, ``latent_log_prob``, ``pre_tanh`` and ``action`` into the tensordict.
+    """Writes the encoder's outputs (``latent`` and e.g. ``latent_log_prob``), ``pre_tanh`` and
+    ``action`` into the tensordict.
 
-    Under TorchRL's ``ExplorationType.DETERMINISTIC`` (evaluation) the latent is the mean.
+    Args:
+        act: ``(obs, deterministic) -> {"latent": ..., ...}``, usually ``encoder.act``.
+        decode: ``(obs, latent) -> pre-tanh action``, the decoder currently acting.
+        squash: ``pre-tanh -> env action`` (tanh onto the action box).
     """
 
-    def __init__(self, head: nn.Module, decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], squash: nn.Module) -> None:
+    def __init__(self, act: ActFn, decode: DecodeFn, squash: nn.Module) -> None:
         super().__init__()
         self.in_keys = ["observation"]
-        self.out_keys = ["latent", "latent_log_prob", "pre_tanh", "action"]
-        self.head, self.squash = head, squash
-        self._decode = decode
+        self.out_keys = ["latent", "pre_tanh", "action"]
+        self.squash = squash
+        self._act, self._decode = act, decode
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         obs = tensordict.get("observation")
-        loc, scale = self.head(obs)
-        if exploration_type() in (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN):
-            latent = loc
-        else:
-            latent = loc + scale * torch.randn_like(loc)
-        pre_tanh = self._decode(obs, latent)
-        tensordict.set("latent", latent)
-        tensordict.set("latent_log_prob", gaussian_log_prob(latent, loc, scale))
+        out = self._act(obs, deterministic_mode())
+        pre_tanh = self._decode(obs, out["latent"])
+        for key, value in out.items():
+            tensordict.set(key, value)
         tensordict.set("pre_tanh", pre_tanh)
         tensordict.set("action", self.squash(pre_tanh))
         return tensordict

@@ -2,7 +2,7 @@
 
 Lightning drives it like any module (``Trainer.fit``), but one ``training_step`` is one *iteration*
 of the GoRL loop (:mod:`gorl.loop`): during an encoder phase, a TorchRL collector rollout and one PPO
-update of :class:`~gorl.encoder.EncoderModule`; during a decoder refinement, the dataset collection
+update of the encoder (:class:`~gorl.encoders.EncoderModule` by default); during a decoder refinement, the dataset collection
 or one epoch of decoder fitting (:mod:`gorl.refinement`). The "batches" Lightning feeds it are just
 ticks; the data comes from the collector, built in :meth:`setup` once the module is on its device.
 Optimisation is manual because one iteration takes many optimiser steps of one of two optimisers.
@@ -29,7 +29,7 @@ from torchrl.collectors import Collector
 
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
 from gorl.distributed import average_gradients_, broadcast_module_
-from gorl.encoder import EncoderModule
+from gorl.encoders import EncoderModule, LatentEncoder
 from gorl.envs.factory import EnvConfig, env_dims, make_env
 from gorl.errors import CheckpointError, ConfigError, EnvWorkerError, NonFiniteError
 from gorl.evaluation import evaluate
@@ -38,7 +38,7 @@ from gorl.networks import ActionSquash
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig, collect, split_by_episode, top_q_episodes
 
-EncoderFactory = Callable[[int, int], EncoderModule]
+EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
 
 
@@ -76,7 +76,8 @@ class GoRLSystem(pl.LightningModule):
     Args:
         env: which env and how many copies (:class:`~gorl.envs.factory.EnvConfig`).
         encoder: the latent-policy optimiser, ``class_path`` + ``init_args`` (default:
-            :class:`~gorl.encoder.EncoderModule`, latent PPO); built with (obs_dim, act_dim).
+            :class:`~gorl.encoders.EncoderModule`, latent PPO; any
+            :class:`~gorl.encoders.LatentEncoder`); built with (obs_dim, act_dim).
         decoder: the generative decoder used from stage 1 on (default:
             :class:`~gorl.decoders.FlowDecoder`); stage 0 always uses the exact identity.
         loop: stage plan and evaluation cadence (:class:`~gorl.loop.LoopConfig`).
@@ -116,7 +117,9 @@ class GoRLSystem(pl.LightningModule):
         self.fit_state: DecoderFit | None = None
         self._ep_return: torch.Tensor | None = None
         self._recent_returns: list[float] = []
-        self.policy = LatentPolicy(self.encoder.actor_net, self._decode, self.squash)
+        self.last_rollout: TensorDictBase | None = None
+        self.encoder.bind(self._decode, self.squash)
+        self.policy = LatentPolicy(self.encoder.act, self._decode, self.squash)
 
     # --- the policy -----------------------------------------------------------------------------
     def acting_decoder(self) -> DecoderModule:
@@ -133,7 +136,7 @@ class GoRLSystem(pl.LightningModule):
         seed = self.seed + 10_000 * rank
         self.train_env = make_env(self.env_cfg, seed=seed)
         self.eval_env = make_env(self.env_cfg, seed=seed + 1_000_000, num_envs=self.env_cfg.eval_envs, num_workers=1)
-        frames = self.train_env.batch_size.numel() * self.encoder.hparams.unroll
+        frames = self.train_env.batch_size.numel() * self.encoder.rollout_steps
         # The collector runs the live policy object (same process, same device): weights updated by
         # the optimiser are used at the next step with no copy.
         self.collector = Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True)
@@ -223,6 +226,7 @@ class GoRLSystem(pl.LightningModule):
         t0 = time.perf_counter()
         rollout = self._next_rollout()
         t1 = time.perf_counter()
+        self.last_rollout = rollout  # for callbacks (e.g. probe states of the distribution logger)
         self._track_returns(rollout)
         enc_opt = self.optimizers()[0]
         self.encoder.set_stage(st.stage, enc_opt)
@@ -292,6 +296,7 @@ class GoRLSystem(pl.LightningModule):
             rank_zero_info(f"[gorl] stage {st.stage} decoder fitted: {fit.epoch} epochs, best val loss {fit.best_val:.4f}")
             self.fit_state = None
             self.encoder.reset(self.best_encoder)
+            self.encoder.on_decoder_change()
             broadcast_module_(self.encoder)
             self.optimizers()[0].optimizer.state.clear()  # Adam moments of the old encoder are stale
             self.best_encoder = None

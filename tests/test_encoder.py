@@ -5,7 +5,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from gorl.encoder import EncoderModule
+from gorl.encoders import EncoderModule
 from gorl.policy import LatentPolicy
 from gorl.prior import kl_to_standard_normal, prior_regulariser
 
@@ -48,7 +48,7 @@ def test_acting_policy_log_prob_matches_the_loss_actor():
     enc = _encoder()
     with torch.no_grad():
         enc.actor_net.net[-1].weight.normal_()
-    policy = LatentPolicy(enc.actor_net, lambda obs, eps: eps, torch.tanh)
+    policy = LatentPolicy(enc.act, lambda obs, eps: eps, torch.tanh)
     td = policy(TensorDict({"observation": torch.randn(6, 3)}, batch_size=[6]))
     dist = enc.actor.get_dist(td.select("observation"))
     assert torch.allclose(dist.log_prob(td["latent"]), td["latent_log_prob"], atol=1e-5)

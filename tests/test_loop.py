@@ -7,7 +7,7 @@ import lightning.pytorch as pl
 import torch
 
 from gorl.decoders import FlowDecoder
-from gorl.encoder import EncoderModule
+from gorl.encoders import EncoderModule
 from gorl.envs.factory import EnvConfig
 from gorl.loop import LoopConfig
 from gorl.refinement import RefinementConfig

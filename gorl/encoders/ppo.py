@@ -17,10 +17,8 @@ One PPO update, top to bottom (:meth:`EncoderModule.train_on`):
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
-import lightning.pytorch as pl
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
@@ -29,39 +27,12 @@ from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from gorl.networks import RunningNorm, mlp, stage_value
+from gorl.encoders.base import LatentEncoder, OptimizeFn
+from gorl.networks import GaussianHead, gaussian_log_prob, RunningNorm, mlp, stage_value
 from gorl.prior import PriorReg, prior_regulariser
 
 ResetMode = Literal["fresh", "warm", "warm_value"]
 StageFloat = float | list[float]
-# (loss, max_grad_norm) -> None: backward, clip and step, supplied by the Lightning system so that
-# precision, gradient scaling and DDP all-reduce are Lightning's, not ours.
-OptimizeFn = Callable[[torch.Tensor, float], None]
-
-MIN_STD, MAX_STD = 1e-3, 10.0
-_SOFTPLUS_INV_ONE = math.log(math.expm1(1.0 - MIN_STD))  # softplus(b) + 1e-3 == 1
-
-
-class GaussianHead(nn.Module):
-    """``obs -> (loc, scale)`` with ``scale = softplus(x) + 1e-3`` clipped to ``[1e-3, 10]``.
-
-    The last layer starts at zero weights and a bias giving ``scale == 1``: a freshly reset encoder
-    *is* the prior N(0, I), which is where GoRL's stage reset means to put it.
-    """
-
-    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int], latent_dim: int) -> None:
-        super().__init__()
-        self.obs_norm = obs_norm
-        self.net = mlp(obs_dim, hidden, 2 * latent_dim, zero_last=True)
-        with torch.no_grad():
-            self.net[-1].bias[latent_dim:] = _SOFTPLUS_INV_ONE
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(self.obs_norm(obs)).float()
-        loc, raw = out.chunk(2, dim=-1)
-        scale = (nn.functional.softplus(raw) + MIN_STD).clamp(MIN_STD, MAX_STD)
-        return loc, scale
-
 
 class Critic(nn.Module):
     """State-value network on normalised observations."""
@@ -75,7 +46,7 @@ class Critic(nn.Module):
         return self.net(self.obs_norm(obs)).float()
 
 
-class EncoderModule(pl.LightningModule):
+class EncoderModule(LatentEncoder):
     """Latent PPO with a prior regulariser (defaults: the authors' code, see DESIGN.md).
 
     Args:
@@ -153,10 +124,17 @@ class EncoderModule(pl.LightningModule):
         self.loss_module.set_keys(action="latent", sample_log_prob="latent_log_prob")
         self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic, average_gae=False)
 
-    # --- the interface the stage loop drives ------------------------------------------------
-    def policy(self) -> ProbabilisticActor:
-        """``observation -> latent`` (+ ``latent_log_prob``); the mean under deterministic exploration."""
-        return self.actor
+    # --- the interface the stage loop drives (gorl.encoders.base) -----------------------------
+    @property
+    def rollout_steps(self) -> int:
+        return self.hparams.unroll
+
+    def act(self, obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
+        """The latent and its log-prob, in plain tensor code (the acting path runs once per env
+        step; see :mod:`gorl.policy`). Same density as ``self.actor`` (tested)."""
+        loc, scale = self.actor_net(obs)
+        latent = loc if deterministic else loc + scale * torch.randn_like(loc)
+        return {"latent": latent, "latent_log_prob": gaussian_log_prob(latent, loc, scale)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=stage_value(self.hparams.lr, 0), foreach=True)
@@ -181,7 +159,7 @@ class EncoderModule(pl.LightningModule):
         mb = min(n, hp.minibatch_size)
         beta = stage_value(hp.prior_coef, stage)
         max_norm = stage_value(hp.max_grad_norm, stage)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         steps = 0
         for _ in range(hp.epochs):
             perm = torch.randperm(n, device=flat.device)
@@ -207,21 +185,12 @@ class EncoderModule(pl.LightningModule):
                     ("clip_fraction", out["clip_fraction"]),
                     ("kl_approx", out["kl_approx"]),
                 ):
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    # Accumulate as tensors: one host sync per update, not one per metric per step.
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
                 steps += 1
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        return {k: float(v) / max(steps, 1) for k, v in sums.items()}
 
     # --- stage boundaries -------------------------------------------------------------------
-    def _policy_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.state_dict().items()}
-
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        """A copy of every weight and statistic (the 'best encoder' kept by the loop)."""
-        return self._policy_state()
-
-    def restore(self, state: dict[str, torch.Tensor]) -> None:
-        self.load_state_dict(state)
-
     def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
         """Start a new stage as configured by ``reset`` (see the class docstring).
 

@@ -1,0 +1,6 @@
+"""Latent-policy optimisers behind one interface (:class:`~gorl.encoders.base.LatentEncoder`)."""
+
+from gorl.encoders.base import LatentEncoder
+from gorl.encoders.ppo import EncoderModule
+
+__all__ = ["LatentEncoder", "EncoderModule"]
