@@ -91,15 +91,36 @@ def test_unknown_task_lists_valid_tasks():
         env_dims(EnvConfig(task="cheetah-fly"))
 
 
-def test_worker_processes_give_a_two_level_batch():
+def test_worker_processes_step_one_flat_batch_exactly_like_one_process():
+    acts = _rand_actions(5, 6, 12, seed=3)
+    single = DMControlBatchEnv("cheetah-run", 5, seed=11)
+    sharded = DMControlBatchEnv("cheetah-run", 5, seed=11, num_workers=3)
+    try:
+        assert torch.equal(_rollout_obs(single, acts), _rollout_obs(sharded, acts))
+        td = sharded.reset()
+        td["_reset"] = torch.tensor([False, True, False, False, True]).unsqueeze(-1)
+        assert sharded.reset(td)["observation"].shape == (5, 17)
+    finally:
+        single.close()
+        sharded.close()
     env = make_env(EnvConfig(task="cheetah-run", num_envs=2, num_workers=2), seed=0)
     try:
-        td = env.reset()
-        assert td["observation"].shape == (2, 2, 17)
-        td["action"] = torch.zeros(2, 2, 6)
-        assert env.step(td)["next", "reward"].shape == (2, 2, 1)
+        assert env.reset()["observation"].shape == (4, 17)  # num_workers x num_envs, flat
     finally:
         env.close()
+
+
+def test_a_dead_dm_control_worker_raises_instead_of_hanging():
+    from gorl.errors import EnvWorkerError
+
+    env = DMControlBatchEnv("cheetah-run", 2, seed=0, num_workers=2)
+    td = env.reset()
+    env._procs[0].kill()
+    env._procs[0].join()
+    td["action"] = torch.zeros(2, 6)
+    with pytest.raises(EnvWorkerError, match="died"):
+        env.step(td)
+    env.close()
 
 
 # --- bring your own env --------------------------------------------------------------------------

@@ -4,8 +4,8 @@ One place decides what an env is, so every method (PPO, GoRL, baselines) sees th
 observation key, action range and batch layout:
 
 - ``task: cheetah-run``: a :class:`~gorl.envs.dmc.DMControlBatchEnv` of ``num_envs`` instances;
-  with ``num_workers > 1`` TorchRL's ``ParallelEnv`` runs one such batch per process (batch
-  ``[num_workers, num_envs]``), which is how a run uses several cores;
+  with ``num_workers > 1`` it steps ``num_workers * num_envs`` instances as one flat batch, one
+  shard per process (this one included), which is how a run uses several cores;
 - ``task: toy-bandit``: the toy multimodal task of :mod:`gorl.envs.bandit`;
 - ``factory: my_pkg.envs:make_env``: bring your own env — any callable returning a TorchRL
   ``EnvBase`` with a continuous, bounded action spec. Unbatched envs are stacked with TorchRL's
@@ -37,7 +37,9 @@ class EnvConfig:
         task: dm_control suite task ``domain-task`` (e.g. ``hopper-stand``) or ``toy-bandit``.
             Ignored when ``factory`` is set.
         num_envs: env copies stepped as one batch in each process.
-        num_workers: processes; each steps its own batch of ``num_envs`` (1 = in-process).
+        num_workers: processes; each steps ``num_envs`` copies (1 = in-process). dm_control tasks
+            give one flat batch of ``num_workers * num_envs``; other envs run under TorchRL's
+            ``ParallelEnv`` with batch ``[num_workers, num_envs]``.
         factory: import path ``module:function`` (or ``module.function``) of your own env maker.
         factory_kwargs: keyword arguments for ``factory``.
         eval_envs: copies used for deterministic evaluation (one episode each).
@@ -78,6 +80,10 @@ def _base_maker(cfg: EnvConfig, seed: int, num_envs: int) -> tuple[Callable[[], 
     return partial(DMControlBatchEnv, cfg.task, num_envs=num_envs, seed=seed), True
 
 
+def _is_dm_control(cfg: EnvConfig) -> bool:
+    return cfg.factory is None and cfg.task not in TOY_TASKS
+
+
 def _flatten_observation(env: EnvBase) -> EnvBase:
     keys = list(env.observation_spec.keys(True, True))
     if keys == ["observation"]:
@@ -105,6 +111,13 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, num_workers
     """The env of ``cfg`` with per-env seeds ``seed + i`` (i over every copy of every worker)."""
     num_envs = cfg.num_envs if num_envs is None else num_envs
     num_workers = cfg.num_workers if num_workers is None else num_workers
+    if _is_dm_control(cfg) and num_workers > 1:
+        # dm_control shards one flat batch over processes itself (gorl/envs/dmc.py says why).
+        from gorl.envs.dmc import DMControlBatchEnv
+
+        env = DMControlBatchEnv(cfg.task, num_envs=num_envs * num_workers, seed=seed, num_workers=num_workers)
+        env.set_seed(seed)
+        return env
     makers, batched = [], True
     for w in range(num_workers):
         maker, batched = _base_maker(cfg, seed + w * num_envs, num_envs)
