@@ -118,6 +118,8 @@ class GoRLSystem(pl.LightningModule):
         self._ep_return: torch.Tensor | None = None
         self._recent_returns: list[float] = []
         self.last_rollout: TensorDictBase | None = None
+        self._row: dict[str, float] = {}
+        self.latest: dict[str, float] = {}
         self.encoder.bind(self._decode, self.squash)
         self.policy = LatentPolicy(self.encoder.act, self._decode, self.squash)
 
@@ -130,6 +132,8 @@ class GoRLSystem(pl.LightningModule):
 
     # --- Lightning plumbing -----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "validate":
+            self._setup_validate()
         if stage != "fit":
             return
         rank = self.trainer.global_rank if self._trainer is not None else 0
@@ -182,10 +186,30 @@ class GoRLSystem(pl.LightningModule):
         elif st.phase == "decoder":
             self._decoder_iteration()
         st.iteration += 1
-        self.log_dict({"loop/stage": float(st.stage), "loop/phase": float(st.phase != "encoder")}, on_step=True)
-        self.log("loop/frames", float(st.frames), on_step=True, prog_bar=True)
+        self._record({"loop/stage": st.stage, "loop/phase": float(st.phase != "encoder"), "loop/frames": st.frames,
+                      "loop/collect_frames": st.collect_frames})
+        self._flush_metrics()
         if st.phase == "done":
             self.trainer.should_stop = True
+
+    # --- metrics -------------------------------------------------------------------------------
+    # Why not ``self.log``: Lightning keeps on-step values in a result collection that is only
+    # reset at epoch end, and this loop never ends an epoch, so every metric ever logged would be
+    # re-written on every row (an evaluation at frame 0 would show up at every later frame). One
+    # row per loop iteration goes straight to the loggers instead (rank 0 only, as Lightning's
+    # loggers are), with the step = loop iteration; ``latest`` keeps the newest value of each
+    # metric for the progress bar and callbacks.
+    def _record(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            value = float(value)
+            self._row[key] = value
+            self.latest[key] = value
+
+    def _flush_metrics(self) -> None:
+        if self._row and self._trainer is not None:
+            for logger in self.loggers:
+                logger.log_metrics(dict(self._row), step=self.loop_state.iteration)
+        self._row = {}
 
     def _optimize(self, optimizer, loss: torch.Tensor, max_norm: float | None = None) -> None:
         if not torch.isfinite(loss):
@@ -235,11 +259,10 @@ class GoRLSystem(pl.LightningModule):
         frames = rollout.numel() * self.trainer.world_size
         st.frames += frames
         st.stage_frames += frames
-        self.log_dict({f"encoder/{k}": v for k, v in metrics.items()}, on_step=True)
-        self.log("perf/fps", frames / (t2 - t0), on_step=True, prog_bar=True)
-        self.log("perf/collect_fps", frames / (t1 - t0), on_step=True)
+        self._record({f"encoder/{k}": v for k, v in metrics.items()})
+        self._record({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
         if self._recent_returns:
-            self.log("train/return", sum(self._recent_returns) / len(self._recent_returns), on_step=True)
+            self._record({"train/return": sum(self._recent_returns) / len(self._recent_returns)})
         phase_over = st.encoder_phase_over(cfg)
         if st.eval_due(cfg) or phase_over:
             self._evaluate()
@@ -256,8 +279,7 @@ class GoRLSystem(pl.LightningModule):
         if mean > st.best_return:
             st.best_return = mean
             self.best_encoder = self.encoder.snapshot()
-        self.log("eval/return", mean, on_step=True, prog_bar=True)
-        self.log("eval/return_std", float(returns.std()) if returns.numel() > 1 else 0.0, on_step=True)
+        self._record({"eval/return": mean, "eval/return_std": float(returns.std()) if returns.numel() > 1 else 0.0})
         self.last_eval_return = mean
         rank_zero_info(f"[gorl] stage {st.stage} | frames {st.frames:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f}")
 
@@ -279,13 +301,12 @@ class GoRLSystem(pl.LightningModule):
             self.trainee.fit_obs_statistics(train["observation"].to(self.device))
             dec_opt.optimizer.state.clear()
             self.fit_state = DecoderFit(rc, train, val)
-            self.log("decoder/dataset_size", float(len(data)), on_step=True)
+            self._record({"decoder/dataset_size": len(data)})
             rank_zero_info(f"[gorl] stage {st.stage}: refining the decoder on {len(train):,} train / {len(val):,} val pairs")
             return
         fit = self.fit_state
         metrics = fit.step(self.trainee, lambda loss: self._optimize(dec_opt, loss), reduce=lambda x: self.trainer.strategy.reduce(x, reduce_op="mean"))
-        self.log_dict({f"decoder/{k}": float(v) for k, v in metrics.items() if k != "val_loss"}, on_step=True)
-        self.log("decoder/val_loss", metrics["val_loss"], on_step=True, prog_bar=True)
+        self._record({f"decoder/{k}": v for k, v in metrics.items()})
         rank_zero_info(
             f"[gorl] stage {st.stage} decoder epoch {fit.epoch}/{rc.epochs}: train loss {metrics['train_loss']:.4f}, "
             f"val loss {metrics['val_loss']:.4f} (best {fit.best_val:.4f}, {fit.bad_epochs}/{rc.patience} without improvement)"
@@ -345,3 +366,33 @@ class GoRLSystem(pl.LightningModule):
             self._restore_best_at_start = True
         self.best_encoder = saved["best_encoder"]
         self.fit_state = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refine_cfg, saved["fit"])
+
+    # --- gorl validate ----------------------------------------------------------------------------
+    # ``gorl validate --config X --ckpt_path C`` is LightningCLI's validate subcommand: one
+    # "validation batch" = one deterministic episode on each of ``env.eval_envs`` env copies (per
+    # rank), with the seeds of the evaluations during fit, so a checkpoint's score is reproducible.
+    # The policy is the checkpoint's: its loop state picks the decoder (identity in stage 0) and its
+    # weights are the encoder as saved. Fit never enters this loop (it evaluates inside its own
+    # iterations): there the val dataloader is empty and Lightning skips validation.
+
+    def _setup_validate(self) -> None:
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        seed = self.seed + 10_000 * rank + 1_000_000
+        self.eval_env = make_env(self.env_cfg, seed=seed, num_envs=self.env_cfg.eval_envs, num_workers=1)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.trainer.state.fn != "validate":
+            return []
+        return DataLoader(range(1), batch_size=None)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps).to(self.device)
+        returns = self.all_gather(returns).reshape(-1)  # every rank's episodes
+        mean = float(returns.mean())
+        std = float(returns.std()) if returns.numel() > 1 else 0.0
+        self.log_dict({"eval/return": mean, "eval/return_std": std, "eval/episodes": float(returns.numel())}, sync_dist=True)
+        st = self.loop_state
+        self.print(
+            f"eval/return {mean:.1f} ± {std:.1f} over {returns.numel()} deterministic episodes "
+            f"(stage {st.stage}, {st.frames:,} env frames, {self.env_cfg.task if self.env_cfg.factory is None else self.env_cfg.factory})"
+        )
