@@ -5,7 +5,9 @@ For each task, on the same machine and in the same process:
   (b) env      our batched env (``DMControlBatchEnv``, N copies in one process) under random
                actions through ``step_and_maybe_reset``; and with ``--workers`` processes;
   (c) ppo      the full Gaussian-PPO training loop (``gorl fit`` machinery: TorchRL collector,
-               GAE, ClipPPOLoss updates, Lightning manual optimisation), frames / wall second;
+               GAE, ClipPPOLoss updates, Lightning manual optimisation), frames / wall second,
+               in one process and with the batch split over ``--workers`` processes; each with
+               the rate of its collection part alone (what is left is the PPO update's compute);
   (d) gorl     the same loop in a GoRL encoder phase, acting through a 10-step flow and a
                10-step diffusion decoder.
 Each rate is printed with its ratio to (a). Timing thresholds live here, never in unit tests.
@@ -71,24 +73,31 @@ def env_rate(task: str, num_envs: int, workers: int, seconds: float) -> float:
 
 
 class _Clock(pl.Callback):
-    """Wall time of the stage being measured (from its first iteration to the end of training)."""
+    """Wall time of the stage being measured (from its first iteration to the end of training), and
+    the part of it spent collecting (the system logs each iteration's collection rate)."""
 
     def __init__(self, stage: int) -> None:
         self.stage, self.t0, self.f0, self.t1, self.f1 = stage, None, 0, None, 0
+        self.collect_s = 0.0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if self.t0 is None and module.loop_state.stage == self.stage:
             self.t0, self.f0 = time.perf_counter(), module.loop_state.frames
 
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.t0 is not None and "perf/collect_fps" in module.latest:
+            self.collect_s += module.env_cfg.num_envs * module.env_cfg.num_workers * module.encoder.rollout_steps / module.latest["perf/collect_fps"]
+
     def on_train_end(self, trainer, module) -> None:
         self.t1, self.f1 = time.perf_counter(), module.loop_state.frames
 
 
-def loop_rate(task: str, num_envs: int, frames: int, decoder) -> float:
-    """Frames per wall second of a full training loop in an encoder phase acting through ``decoder``."""
+def loop_rate(task: str, num_envs: int, frames: int, decoder, workers: int = 1) -> tuple[float, float]:
+    """(frames per wall second of a full training loop in an encoder phase acting through
+    ``decoder``, frames per second of its collection part alone)."""
     gorl = decoder is not IdentityDecoder
     system = GoRLSystem(
-        env=EnvConfig(task=task, num_envs=num_envs, eval_envs=1),
+        env=EnvConfig(task=task, num_envs=num_envs // workers, num_workers=workers, eval_envs=1),
         encoder=partial(EncoderModule, **PPO_CPU),
         decoder=decoder,
         # One cheap evaluation (1 env, 1 step) at the start; the measured stage is frames long.
@@ -100,7 +109,8 @@ def loop_rate(task: str, num_envs: int, frames: int, decoder) -> float:
     trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
     trainer.fit(system)
-    return (clock.f1 - clock.f0) / (clock.t1 - clock.t0)
+    done = clock.f1 - clock.f0
+    return done / (clock.t1 - clock.t0), done / clock.collect_s
 
 
 def _median_rates(fns: dict, repeats: int) -> dict:
@@ -113,11 +123,20 @@ def _median_rates(fns: dict, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in got.items()}
 
 
+def _median_pairs(fns: dict, repeats: int) -> dict:
+    """:func:`_median_rates` for measurements that return (rate, collection rate)."""
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            got[key].append(fn())
+    return {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in got.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["cheetah-run", "hopper-stand"])
     p.add_argument("--num-envs", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes for the multi-process rows (this one included)")
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per env-rate measurement")
     p.add_argument("--frames", type=int, default=32768, help="frames per training-loop measurement")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
@@ -137,8 +156,9 @@ def main() -> None:
             "env1": lambda: env_rate(task, n, 1, args.seconds),
             "envw": lambda: env_rate(task, n, w, args.seconds),
         }, args.repeats)
-        loops = _median_rates({
+        loops = _median_pairs({
             "ppo": lambda: loop_rate(task, n, args.frames, IdentityDecoder),
+            "ppo_w": lambda: loop_rate(task, n, args.frames, IdentityDecoder, workers=w),
             "flow": lambda: loop_rate(task, n, args.frames, FlowDecoder),
             "diffusion": lambda: loop_rate(task, n, args.frames, DiffusionDecoder),
         }, args.repeats)
@@ -147,11 +167,15 @@ def main() -> None:
             ("(a) raw dm_control env.step, 1 core", raw, 1),
             (f"(b) batched env, 1 process x {n}", env["env1"], 1),
             (f"(b) batched env, {w} processes x {n}", env["envw"], w),
-            ("(c) PPO training loop (collect + update)", loops["ppo"], 1),
+            (f"(c) PPO training loop, {n} envs (collect + update)", loops["ppo"][0], 1),
+            ("    its collection alone (policy + env + collector)", loops["ppo"][1], 1),
+            (f"(c) PPO training loop, {n} envs over {w} processes", loops["ppo_w"][0], w),
+            ("    its collection alone", loops["ppo_w"][1], w),
         ]
         for name in ("flow", "diffusion"):
-            rows.append((f"(d) GoRL loop, 10-step {name} decoder", loops[name], 1))
-            rows.append((f"    wall time per step vs PPO ({name})", loops["ppo"] / loops[name], None))
+            rows.append((f"(d) GoRL loop, 10-step {name} decoder", loops[name][0], 1))
+            rows.append(("    its collection alone", loops[name][1], 1))
+            rows.append((f"    wall time per step vs PPO ({name})", loops["ppo"][0] / loops[name][0], None))
         for label, rate, cores in rows:
             if cores is None:
                 print(f"{task:<14} {label:<44} {'':>9} {rate:>5.2f}x")
