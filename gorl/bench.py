@@ -1,0 +1,200 @@
+"""``gorl bench``: methods x tasks x seeds at one env-frame budget, one results file, table, figure.
+
+Every run is a real ``gorl fit`` in its own process (the path a user takes), logged under
+``--out/<method>_<task>/seed<k>``. A finished run leaves ``done.json`` and is skipped next time, so
+an interrupted matrix resumes where it stopped. ``--jobs N`` runs N at a time (each with one
+torch thread). At the end it writes
+
+- ``results.json``: every run's final deterministic evaluation return, curve, wall time;
+- ``results.md``: final return mean ± std per method and task (the table for RESULTS.md);
+- ``figure.png``: one panel per task, one line per method, mean ± std over seeds vs env frames.
+
+    gorl bench --methods ppo gorl-flow gorl-diffusion --tasks cheetah-run hopper-stand \\
+               --seeds 0 1 --budget 1e6 --jobs 2
+
+Methods (``--methods``) are named recipes below; ``name=path/to/encoder.yaml`` adds your own
+single-stage method from an encoder config. GoRL methods split the budget over stages
+(40 / 30 / 30 % of encoder-phase frames); the frames spent collecting decoder data
+(``--decoder-data`` of the budget per refinement) come on top and are reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GORL_STAGES = (0.4, 0.3, 0.3)
+
+
+@dataclass
+class Method:
+    """A recipe: config overrides on top of the base config, and how the budget splits into stages."""
+
+    args: list[str]
+    stages: tuple[float, ...] = (1.0,)
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def refines(self) -> bool:
+        return len(self.stages) > 1
+
+
+def _enc(name: str) -> list[str]:
+    return ["--model.encoder", str(CONF / "encoder" / f"{name}.yaml")]
+
+
+def _dec(name: str) -> list[str]:
+    return ["--model.decoder", str(CONF / "decoder" / f"{name}.yaml")]
+
+
+# The CPU comparison: every PPO-based method shares the CPU PPO settings (conf/encoder/ppo_cpu.yaml),
+# GoRL adds the KL prior regulariser (authors' beta) and a decoder; FPO and DPPO use the paper's
+# baseline settings (conf/encoder/fpo.yaml, dppo.yaml); SAC methods use conf/encoder/sac.yaml.
+_GORL_PRIOR = ["--model.encoder.prior_reg", "kl", "--model.encoder.prior_coef", "[5e-4, 1e-3]"]
+METHODS: dict[str, Method] = {
+    "ppo": Method(_enc("ppo_cpu") + _dec("identity")),
+    "gorl-flow": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("flow"), GORL_STAGES),
+    "gorl-diffusion": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("diffusion"), GORL_STAGES),
+    "ppo-paper": Method(_enc("ppo_baseline") + _dec("identity")),
+    "fpo": Method(_enc("fpo") + _dec("identity")),
+    "dppo": Method(_enc("dppo") + _dec("identity")),
+    "sac": Method(_enc("sac") + _dec("identity") + ["--model.encoder.prior_reg", "none", "--model.env.num_envs", "16"]),
+    "gorl-sac": Method(_enc("sac") + _dec("flow") + ["--model.env.num_envs", "16"], GORL_STAGES),
+}
+
+
+def method_from_arg(arg: str) -> tuple[str, Method]:
+    """``ppo`` (a named recipe) or ``mine=path/to/encoder.yaml`` (a single-stage method)."""
+    if "=" in arg:
+        name, path = arg.split("=", 1)
+        if not Path(path).is_file():
+            raise SystemExit(f"gorl bench: error: method {name!r}: no such encoder config {path}")
+        return name, Method(["--model.encoder", path] + _dec("identity"))
+    if arg not in METHODS:
+        raise SystemExit(f"gorl bench: error: unknown method {arg!r}; valid: {', '.join(METHODS)}, or name=encoder.yaml")
+    return arg, METHODS[arg]
+
+
+def run_args(method: Method, task: str, budget: float, decoder_data: float, eval_every: float) -> list[str]:
+    stages = [max(1, int(budget * f)) for f in method.stages]
+    args = ["--model.env", str(CONF / "env" / f"{task}.yaml"), *method.args, *method.extra,
+            "--model.loop.stages", json.dumps(stages), "--model.loop.eval_every", str(eval_every)]
+    if method.refines:
+        args += ["--model.refinement.transitions", str(max(2, int(budget * decoder_data)))]
+    return args
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """The finished run's results, or None if it has not finished."""
+    done, metrics = run_dir / "done.json", run_dir / "metrics.csv"
+    if not done.exists() or not metrics.exists():
+        return None
+    rows = list(csv.DictReader(metrics.open()))
+    curve = [(float(r["loop/frames"]), float(r["eval/return"])) for r in rows if r.get("eval/return") and r.get("loop/frames")]
+    collect = max((float(r["loop/collect_frames"]) for r in rows if r.get("loop/collect_frames")), default=0.0)
+    return {"final_return": curve[-1][1], "curve": curve, "decoder_data_frames": collect, **json.loads(done.read_text())}
+
+
+def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Namespace) -> dict:
+    group, version = f"{name}_{task}", f"seed{seed}"
+    run_dir = Path(args.out) / group / version
+    got = read_run(run_dir)
+    if got is not None:
+        print(f"[bench] {name} {task} seed {seed}: done already ({got['final_return']:.1f})", flush=True)
+        return got
+    cmd = [sys.executable, "-m", "gorl", "fit", "--config", str(args.base),
+           *run_args(method, task, args.budget, args.decoder_data, args.eval_every), *args.override,
+           "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
+           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+           "--trainer.logger.save_dir", str(args.out), "--trainer.logger.name", group, "--trainer.logger.version", version]
+    env = dict(os.environ)
+    if args.jobs > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # N runs on N cores, not N x all cores
+    print(f"[bench] {name} {task} seed {seed}: running", flush=True)
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        tail = [line for line in res.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
+        raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); command: {' '.join(cmd)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "command": cmd}))
+    got = read_run(run_dir)
+    print(f"[bench] {name} {task} seed {seed}: final eval/return {got['final_return']:.1f} in {got['wall_s'] / 60:.1f} min", flush=True)
+    return got
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
+def table(results: dict[tuple[str, str], list[dict]], budget: float) -> str:
+    lines = [f"Final deterministic evaluation return at {budget:,.0f} encoder-phase env frames (mean ± std over seeds).",
+             "", "| task | method | final return | per seed | decoder-data frames per run | wall time per run |", "|---|---|---|---|---|---|"]
+    for (method, task), runs in results.items():
+        finals = [r["final_return"] for r in runs]
+        std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        wall = statistics.mean(r["wall_s"] for r in runs)
+        data = statistics.mean(r["decoder_data_frames"] for r in runs)
+        per = ", ".join(_fmt(f) for f in finals)
+        lines.append(f"| {task} | {method} | {_fmt(statistics.mean(finals))} ± {_fmt(std)} | {per} | {data:,.0f} | {wall / 60:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gorl bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["ppo", "gorl-flow", "gorl-diffusion"], help=f"named: {', '.join(METHODS)}; or name=encoder.yaml")
+    p.add_argument("--tasks", nargs="+", default=["cheetah-run"], help="conf/env/<task>.yaml names")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--budget", type=float, default=1e6, help="encoder-phase env frames per run")
+    p.add_argument("--decoder-data", type=float, default=0.1, help="decoder data per refinement, fraction of the budget")
+    p.add_argument("--eval-every", type=float, default=1e5)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process and one torch thread each)")
+    p.add_argument("--base", default=str(CONF / "bench.yaml"), help="base config every run starts from")
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="further gorl fit arguments for every run (put last)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    methods = dict(method_from_arg(m) for m in args.methods)
+    for task in args.tasks:
+        if not (CONF / "env" / f"{task}.yaml").is_file():
+            valid = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
+            raise SystemExit(f"gorl bench: error: unknown task {task!r}; valid: {', '.join(valid)}")
+    cells = [(name, task, seed) for task in args.tasks for name in methods for seed in args.seeds]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {cell: pool.submit(run_one, cell[0], methods[cell[0]], cell[1], cell[2], args) for cell in cells}
+        try:
+            outcomes = {cell: f.result() for cell, f in futures.items()}
+        except RuntimeError as err:
+            raise SystemExit(f"gorl bench: error: {err}") from None
+    results: dict[tuple[str, str], list[dict]] = {}
+    for (name, task, _seed), got in outcomes.items():
+        results.setdefault((name, task), []).append(got)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(
+        {"budget": args.budget, "seeds": args.seeds, "runs": [{"method": n, "task": t, "seed": s, **outcomes[(n, t, s)]} for n, t, s in cells]}, indent=1))
+    md = table(results, args.budget)
+    (out / "results.md").write_text(md)
+    print("\n" + md)
+    from gorl.analysis.plots import plot_runs
+
+    fig = plot_runs([(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells])
+    fig.savefig(out / "figure.png", dpi=120)
+    print(f"[bench] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
+
+
+if __name__ == "__main__":
+    main()
