@@ -2,7 +2,11 @@
 
 - configs are parsed in omegaconf mode, so ``${...}`` interpolation works inside YAML files;
 - ``seed_everything`` is linked to ``model.seed`` (one seed drives torch, numpy and every env);
-- W&B is offline unless you say otherwise, because machines without network must still run;
+- W&B is offline unless you say otherwise (``WANDB_MODE``, or ``offline: false`` in
+  ``conf/logger/wandb.yaml``), because machines without network must still run;
+- the progress bar counts env frames against the budget (:mod:`gorl.progress`), not batches;
+- ``gorl validate --config X --ckpt_path C`` scores a checkpoint's deterministic policy, and
+  ``--video true`` adds an MP4 of one episode (:mod:`gorl.video`); rendering is off otherwise;
 - bad input (unknown key, wrong type, unknown task, bad checkpoint path) ends with one line
   ``gorl: error: ...`` and exit code 2, before any env is built where the config allows it.
 """
@@ -14,18 +18,30 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any, Union
 
-# Rendering is optional (videos); without a display, GLFW would warn on import. EGL is headless.
-os.environ.setdefault("MUJOCO_GL", "egl")
+# MuJoCo's GL backend matters only for --video (gorl/video.py), so the CLI keeps it off otherwise,
+# whatever MUJOCO_GL says: mujoco and dm_control load the backend at import, and a missing one
+# (MUJOCO_GL=egl without EGL, osmesa without libOSMesa) would stop every run there, rendering or
+# not. --video restores your MUJOCO_GL (default egl, headless) before dm_control is imported.
+_USER_GL = os.environ.get("MUJOCO_GL")
+os.environ["MUJOCO_GL"] = "disabled"
+_WANDB_MODE_FROM_USER = "WANDB_MODE" in os.environ
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from jsonargparse import Namespace  # noqa: E402
+from lightning.pytorch import Trainer  # noqa: E402
+from lightning.pytorch.callbacks import TQDMProgressBar  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
+from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 
 import torch  # noqa: E402
 
 from gorl.callbacks import FrameCheckpoint  # noqa: E402
 from gorl.errors import CheckpointError, GoRLError  # noqa: E402
+from gorl.progress import GoRLProgressBar  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402
+from gorl.video import EpisodeVideo, VideoSettings, check_video_support  # noqa: E402
 
 TRAINER_DEFAULTS = {
     "max_epochs": -1,
@@ -61,12 +77,15 @@ def one_line(message: str) -> str:
 
 
 def _logger_dirs(logger_cfg) -> tuple[Path, str] | None:
-    """(save_dir, name) of a CSV/TensorBoard-style logger config, else None."""
+    """(save_dir, name) of a CSV/TensorBoard/W&B logger config, else None: the run directories
+    (and their ``checkpoints/``) are ``save_dir/name/<version>``, with W&B's project as the name."""
     if logger_cfg is None or isinstance(logger_cfg, (bool, list)):
         return None
     args = logger_cfg.get("init_args", {}) or {}
     if "save_dir" not in args:
         return None
+    if str(logger_cfg.get("class_path", "")).endswith("WandbLogger"):
+        return Path(args["save_dir"] or "."), str(args.get("project") or "lightning_logs")
     return Path(args["save_dir"] or "."), str(args.get("name") or "")
 
 
@@ -76,11 +95,12 @@ def resolve_checkpoint(ckpt_path: str, logger_cfg) -> tuple[Path, str | None]:
     if ckpt_path == "last":
         dirs = _logger_dirs(logger_cfg)
         if dirs is None:
-            raise CheckpointError("--ckpt_path last needs a CSV or TensorBoard logger with save_dir; pass the checkpoint file instead")
+            raise CheckpointError("--ckpt_path last needs a CSV, TensorBoard or W&B logger with save_dir; pass the checkpoint file instead")
         root = dirs[0] / dirs[1]
-        found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        # version_N for CSV/TensorBoard, the run id for W&B
+        found = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise CheckpointError(f"--ckpt_path last: no checkpoint under {root}/version_*/checkpoints/")
+            raise CheckpointError(f"--ckpt_path last: no checkpoint under {root}/*/checkpoints/")
         path, version = found[-1], found[-1].parents[1].name
     else:
         path = Path(ckpt_path)
@@ -96,10 +116,71 @@ def resolve_checkpoint(ckpt_path: str, logger_cfg) -> tuple[Path, str | None]:
     return path, version
 
 
+def _wandb_loggers(logger_cfg: Any) -> list[Namespace]:
+    """The WandbLogger entries of a (not yet instantiated) ``trainer.logger`` config."""
+    entries = logger_cfg if isinstance(logger_cfg, list) else [logger_cfg]
+    return [e for e in entries if isinstance(e, Namespace) and str(e.get("class_path", "")).endswith("WandbLogger")]
+
+
+class GoRLSaveConfig(SaveConfigCallback):
+    """Also hands the full config to W&B, where runs are compared by it (CSV and TensorBoard runs
+    have ``config.yaml`` in their own directory already)."""
+
+    def save_config(self, trainer: Trainer, pl_module: GoRLSystem, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_hyperparams(self.config.clone().as_dict())
+
+
 class GoRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("seed_everything", "model.seed")
         parser.add_lightning_class_args(FrameCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--video",
+            type=Union[bool, VideoSettings],
+            default=False,
+            help="Record one deterministic episode as MP4 in the run directory (validate: the checkpoint's "
+            "policy; fit: the final one). true, or settings, e.g. --video.height 480 --video.width 640.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Checks and defaults that need the parsed config but must come before envs are built."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit":
+            # Fit evaluates inside its own loop; Lightning's validation loop is for `gorl validate`.
+            cfg.trainer.limit_val_batches = 0
+        for logger in _wandb_loggers(cfg.trainer.get("logger")):
+            args = logger.init_args
+            if args.get("name") is None:
+                # A readable run name instead of W&B's random one; validation runs are marked.
+                env = cfg.model.env
+                what = env.factory.replace(":", ".").rsplit(".", 1)[-1] if env.get("factory") else env.task
+                args.name = f"{what}-s{cfg.model.seed}" + ("" if self.subcommand in (None, "fit") else f"-{self.subcommand}")
+            if args.get("offline") is False and not _WANDB_MODE_FROM_USER:
+                os.environ.pop("WANDB_MODE", None)  # offline: false in the config means online
+        video = cfg.get("video")
+        self.video_settings = None
+        if video:
+            # Built here, not by jsonargparse: a bad size is then a ConfigError of its own, not a
+            # union-type report ("Expected a <class 'bool'>").
+            self.video_settings = VideoSettings() if video is True else VideoSettings(**video.as_dict())
+            os.environ["MUJOCO_GL"] = _USER_GL or "egl"
+            check_video_support(cfg.model.env.task, cfg.model.env.get("factory"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's default progress bar, if it added one, becomes GoRL's (frames, not batches);
+        a bar configured in ``trainer.callbacks`` is kept, and ``enable_progress_bar: false`` means none."""
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        given = cfg.trainer.get("callbacks") or []
+        given_ids = {id(c) for c in (given if isinstance(given, list) else [given])}
+        trainer = super().instantiate_trainer(**kwargs)
+        for i, callback in enumerate(trainer.callbacks):
+            if type(callback) is TQDMProgressBar and id(callback) not in given_ids:
+                trainer.callbacks[i] = GoRLProgressBar(refresh_rate=callback.refresh_rate, process_position=callback.process_position)
+        if getattr(self, "video_settings", None) is not None:
+            trainer.callbacks.append(EpisodeVideo(self.video_settings))
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything is built (Lightning's own hook loads it right here).
@@ -113,8 +194,16 @@ class GoRLCLI(LightningCLI):
         if cfg is not None and cfg.get("ckpt_path"):
             path, version = resolve_checkpoint(str(cfg.ckpt_path), cfg.trainer.get("logger"))
             cfg.ckpt_path = str(path)
-            sys.stderr.write(f"gorl: resuming from {path}\n")
+            sys.stderr.write(f"gorl: {'resuming from' if sub == 'fit' else 'loading'} {path}\n")
         super()._parse_ckpt_path()
+
+
+def _finish_wandb() -> None:
+    """Close a W&B run explicitly: at interpreter exit its service may already be gone, and the
+    offline run would miss its final records."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def main(args: list[str] | None = None) -> None:
@@ -124,9 +213,11 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
+            save_config_callback=GoRLSaveConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
         )
+        _finish_wandb()
     except GoRLError as err:
         sys.stderr.write(f"gorl: error: {err}\n")
         sys.exit(2)

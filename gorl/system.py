@@ -390,9 +390,9 @@ class GoRLSystem(pl.LightningModule):
         returns = self.all_gather(returns).reshape(-1)  # every rank's episodes
         mean = float(returns.mean())
         std = float(returns.std()) if returns.numel() > 1 else 0.0
-        self.log_dict({"eval/return": mean, "eval/return_std": std, "eval/episodes": float(returns.numel())}, sync_dist=True)
+        self.log_dict({"eval/return": mean, "eval/return_std": std, "eval/episodes": float(returns.numel())}, sync_dist=True, batch_size=1)
         st = self.loop_state
         self.print(
-            f"eval/return {mean:.1f} ± {std:.1f} over {returns.numel()} deterministic episodes "
+            f"eval/return {mean:.4g} ± {std:.3g} over {returns.numel()} deterministic episodes "
             f"(stage {st.stage}, {st.frames:,} env frames, {self.env_cfg.task if self.env_cfg.factory is None else self.env_cfg.factory})"
         )
