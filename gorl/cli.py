@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 import os
 import re
 import sys
@@ -56,7 +57,7 @@ TRAINER_DEFAULTS = {
 _PLUMBING = ("Does not validate against any", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>", "Problem with given class_path", "Parser key")
 _CHOICES = {
     "decoder": "gorl.decoders.IdentityDecoder, gorl.decoders.FlowDecoder, gorl.decoders.DiffusionDecoder",
-    "encoder": "gorl.encoders.EncoderModule",
+    "encoder": "gorl.encoders.EncoderModule, gorl.encoders.LatentSAC, gorl.baselines.FPO, gorl.baselines.DPPO",
 }
 
 
@@ -109,6 +110,13 @@ def resolve_checkpoint(ckpt_path: str, logger_cfg) -> tuple[Path, str | None]:
     try:
         # weights_only: a checkpoint from elsewhere must not be able to run code; mmap: cheap check.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects other than tensors and plain containers; refusing to "
+                "unpickle it (weights_only=True: loading it could run code). GoRL never writes such checkpoints"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
     except Exception as err:  # noqa: BLE001  (any unreadable file is the same user-facing problem)
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or "gorl_loop" not in state:
@@ -194,6 +202,10 @@ class GoRLCLI(LightningCLI):
         if cfg is not None and cfg.get("ckpt_path"):
             path, version = resolve_checkpoint(str(cfg.ckpt_path), cfg.trainer.get("logger"))
             cfg.ckpt_path = str(path)
+            if cfg.get("weights_only", False) is None:
+                # Checkpoints hold only tensors and plain containers (tested), so loading never needs
+                # to unpickle arbitrary objects: a checkpoint from elsewhere cannot run code.
+                cfg.weights_only = True
             sys.stderr.write(f"gorl: {'resuming from' if sub == 'fit' else 'loading'} {path}\n")
         super()._parse_ckpt_path()
 
@@ -207,6 +219,12 @@ def _finish_wandb() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["bench"]:
+        from gorl.bench import main as bench
+
+        bench(argv[1:])
+        return
     try:
         GoRLCLI(
             GoRLSystem,

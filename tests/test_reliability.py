@@ -85,6 +85,25 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+class _RunsCode:
+    """Stands in for a booby-trapped object in a checkpoint from the internet."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--model.loop.stages", "[128]", cwd=tmp_path).returncode == 0
+    good = next(tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+    state = torch.load(good, weights_only=True)  # the real checkpoint needs no pickle at all
+    state["gorl_loop"]["extra"] = _RunsCode()
+    evil = tmp_path / "evil.ckpt"
+    torch.save(state, evil)
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(evil), cwd=tmp_path, timeout=120)
+    assert res.returncode != 0 and "refusing to unpickle" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "pwned").exists()
+
+
 @pytest.mark.parametrize("env_cls, expected", [("NaNRewardEnv", "non-finite loss"), ("NaNObsEnv", "non-finite observation")])
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, env_cls, expected):
     res = run_gorl(

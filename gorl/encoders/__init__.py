@@ -2,5 +2,6 @@
 
 from gorl.encoders.base import LatentEncoder
 from gorl.encoders.ppo import EncoderModule
+from gorl.encoders.sac import LatentSAC
 
-__all__ = ["LatentEncoder", "EncoderModule"]
+__all__ = ["LatentEncoder", "EncoderModule", "LatentSAC"]
