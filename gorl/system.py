@@ -108,6 +108,8 @@ class GoRLSystem(pl.LightningModule):
         self.identity = IdentityDecoder(obs_dim, act_dim)
         self.decoder = self._make_decoder(obs_dim, act_dim)  # acts from stage 1 on
         self.trainee = self._make_decoder(obs_dim, act_dim)  # being fitted during a refinement
+        # The acting decoder is frozen (encoders like SAC backpropagate *through* it, never into it).
+        self.decoder.requires_grad_(False)
         if self.encoder.latent_dim != act_dim and len(self.loop_cfg.stages) >= 1:
             # Stage 0 decodes with the identity, which needs latent size == action size.
             raise ConfigError(f"encoder latent_dim ({self.encoder.latent_dim}) must equal the action dim ({act_dim}) for stage 0")

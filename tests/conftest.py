@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("MUJOCO_GL", "disabled")  # no GL needed unless a test renders (it sets its own)
 os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(1)
 
