@@ -39,6 +39,7 @@ from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 import torch  # noqa: E402
 
 from gorl.callbacks import FrameCheckpoint  # noqa: E402
+from gorl.distributions import ActionDistributionLogger  # noqa: E402
 from gorl.errors import CheckpointError, GoRLError  # noqa: E402
 from gorl.progress import GoRLProgressBar  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402
@@ -144,6 +145,7 @@ class GoRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("seed_everything", "model.seed")
         parser.add_lightning_class_args(FrameCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ActionDistributionLogger, "distributions")
         parser.add_argument(
             "--video",
             type=Union[bool, VideoSettings],

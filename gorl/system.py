@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
 
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
 from gorl.distributed import average_gradients_, broadcast_module_
@@ -120,10 +121,21 @@ class GoRLSystem(pl.LightningModule):
         self._ep_return: torch.Tensor | None = None
         self._recent_returns: list[float] = []
         self.last_rollout: TensorDictBase | None = None
+        self._envs: dict[str, EnvBase] = {}
         self._row: dict[str, float] = {}
         self.latest: dict[str, float] = {}
         self.encoder.bind(self._decode, self.squash)
         self.policy = LatentPolicy(self.encoder.act, self._decode, self.squash)
+
+    # --- envs: TorchRL envs are nn.Modules, but not part of the model. Kept in a plain dict so they
+    # stay out of state_dict (checkpoints), .to(device) and DDP's parameter broadcast.
+    @property
+    def train_env(self) -> EnvBase | None:
+        return self._envs.get("train")
+
+    @property
+    def eval_env(self) -> EnvBase | None:
+        return self._envs.get("eval")
 
     # --- the policy -----------------------------------------------------------------------------
     def acting_decoder(self) -> DecoderModule:
@@ -140,8 +152,8 @@ class GoRLSystem(pl.LightningModule):
             return
         rank = self.trainer.global_rank if self._trainer is not None else 0
         seed = self.seed + 10_000 * rank
-        self.train_env = make_env(self.env_cfg, seed=seed)
-        self.eval_env = make_env(self.env_cfg, seed=seed + 1_000_000, num_envs=self.env_cfg.eval_envs, num_workers=1)
+        self._envs["train"] = make_env(self.env_cfg, seed=seed)
+        self._envs["eval"] = make_env(self.env_cfg, seed=seed + 1_000_000, num_envs=self.env_cfg.eval_envs, num_workers=1)
         frames = self.train_env.batch_size.numel() * self.encoder.rollout_steps
         # The collector runs the live policy object (same process, same device): weights updated by
         # the optimiser are used at the next step with no copy.
@@ -152,10 +164,10 @@ class GoRLSystem(pl.LightningModule):
         if getattr(self, "collector", None) is not None:
             self.collector.shutdown()
             self.collector = None
-        for name in ("train_env", "eval_env"):
-            env = getattr(self, name, None)
-            if env is not None and not env.is_closed:
+        for env in self._envs.values():
+            if not env.is_closed:
                 env.close()
+        self._envs = {}
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Ticks(), batch_size=None)
@@ -380,7 +392,7 @@ class GoRLSystem(pl.LightningModule):
     def _setup_validate(self) -> None:
         rank = self.trainer.global_rank if self._trainer is not None else 0
         seed = self.seed + 10_000 * rank + 1_000_000
-        self.eval_env = make_env(self.env_cfg, seed=seed, num_envs=self.env_cfg.eval_envs, num_workers=1)
+        self._envs["eval"] = make_env(self.env_cfg, seed=seed, num_envs=self.env_cfg.eval_envs, num_workers=1)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.trainer.state.fn != "validate":

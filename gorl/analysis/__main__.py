@@ -1,0 +1,3 @@
+from gorl.analysis.notebook import main
+
+main()

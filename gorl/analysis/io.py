@@ -1,0 +1,163 @@
+"""Reading a run's outputs: distribution snapshots (:mod:`gorl.distributions`) and ``metrics.csv``.
+
+A *run directory* may be a logger version directory (``runs/gorl/version_0``) or any folder above
+one (``runs/gorl``): a resumed run logs into a new version directory, so both loaders gather every
+file below the given path and merge them in order.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Snapshot:
+    """One ``snapshot_XXXX.npz``: arrays as NumPy, scalars as Python values (see gorl.distributions)."""
+
+    path: Path
+    index: int
+    stage: int
+    phase: str
+    frames: int
+    event: str
+    probe_obs: np.ndarray  # [P, obs_dim]
+    policy_actions: np.ndarray  # [P, S, act_dim]
+    prior_actions: np.ndarray  # [P, S, act_dim]
+    policy_pre_tanh: np.ndarray  # [P, S, act_dim]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.stage} ({self.phase}) @ {self.frames:,} frames"
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+    main = ("probe_obs", "policy_actions", "prior_actions", "policy_pre_tanh")
+    scalars = ("index", "stage", "phase", "frames", "event")
+    return Snapshot(
+        path=Path(path),
+        index=int(data.get("index", -1)),
+        stage=int(data["stage"]),
+        phase=str(data["phase"]),
+        frames=int(data["frames"]),
+        event=str(data.get("event", "")),
+        **{k: data[k] for k in main},
+        extra={k: v for k, v in data.items() if k not in main + scalars},
+    )
+
+
+def load_snapshots(run_dir: str | Path) -> list[Snapshot]:
+    """Every snapshot below ``run_dir``, ordered by snapshot index (then by file path)."""
+    paths = sorted(Path(run_dir).glob("**/distributions/snapshot_*.npz"))
+    if not paths:
+        raise FileNotFoundError(f"no distribution snapshots (distributions/snapshot_*.npz) under {run_dir}")
+    snaps = [load_snapshot(p) for p in paths]
+    return sorted(snaps, key=lambda s: (s.index, str(s.path)))
+
+
+def end_of_stage(snapshots: list[Snapshot]) -> dict[int, Snapshot]:
+    """The last snapshot of each stage: the policy as that stage finished (stage -> snapshot)."""
+    last: dict[int, Snapshot] = {}
+    for snap in snapshots:
+        last[snap.stage] = snap
+    return dict(sorted(last.items()))
+
+
+def _metrics_files(run_dir: Path) -> list[Path]:
+    if run_dir.is_file():
+        return [run_dir]
+    paths = sorted(run_dir.glob("**/metrics.csv"), key=lambda p: (p.stat().st_mtime, str(p)))
+    if not paths:
+        raise FileNotFoundError(f"no metrics.csv (CSV logger) under {run_dir}")
+    return paths
+
+
+def load_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The CSV logger's ``metrics.csv`` as columns: ``{name: float array}``, NaN where a row has no value.
+
+    All ``metrics.csv`` below ``run_dir`` (a run and its resumes) are concatenated, oldest first.
+    Plain NumPy columns rather than a DataFrame: pandas is not a dependency.
+    """
+    rows: list[dict[str, str]] = []
+    for path in _metrics_files(Path(run_dir)):
+        with path.open(newline="") as f:
+            rows.extend(csv.DictReader(f))
+    names = sorted({k for row in rows for k in row})
+
+    def number(text: str | None) -> float:
+        try:
+            return float(text) if text not in (None, "") else np.nan
+        except ValueError:
+            return np.nan
+
+    return {name: np.array([number(row.get(name)) for row in rows], dtype=np.float64) for name in names}
+
+
+def eval_points(metrics: dict[str, np.ndarray], x: str = "loop/frames", y: str = "eval/return") -> tuple[np.ndarray, np.ndarray]:
+    """The ``(x, y)`` points of a metric that is logged only sometimes (evaluations).
+
+    Lightning repeats the last ``on_step`` value of a metric in later rows until it is logged again,
+    so rows are kept where the value (or its ``_std`` companion) changes, plus the first and last.
+    """
+    if y not in metrics or x not in metrics:
+        return np.array([]), np.array([])
+    xs, ys = metrics[x], metrics[y]
+    std = metrics.get(f"{y}_std", np.zeros_like(ys))
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys, std = xs[ok], ys[ok], np.nan_to_num(std[ok])
+    if len(ys) == 0:
+        return xs, ys
+    keep = np.ones(len(ys), dtype=bool)
+    keep[1:] = (ys[1:] != ys[:-1]) | (std[1:] != std[:-1])
+    keep[-1] = True
+    return xs[keep], ys[keep]
+
+
+def stage_boundaries(metrics: dict[str, np.ndarray], x: str = "loop/frames") -> list[tuple[int, float]]:
+    """``(stage, x)`` where each stage after the first begins (from the ``loop/stage`` column)."""
+    if "loop/stage" not in metrics or x not in metrics:
+        return []
+    stage, xs = metrics["loop/stage"], metrics[x]
+    ok = np.isfinite(stage) & np.isfinite(xs)
+    stage, xs = stage[ok], xs[ok]
+    return [(int(stage[i]), float(xs[i])) for i in range(1, len(stage)) if stage[i] != stage[i - 1]]
+
+
+def decoder_spans(metrics: dict[str, np.ndarray], x: str = "step") -> list[tuple[float, float]]:
+    """``(start, end)`` in ``x`` of each decoder-refinement phase (``loop/phase == 1``)."""
+    if "loop/phase" not in metrics or x not in metrics:
+        return []
+    phase, xs = metrics["loop/phase"], metrics[x]
+    ok = np.isfinite(phase) & np.isfinite(xs)
+    phase, xs = phase[ok] > 0.5, xs[ok]
+    spans, start = [], None
+    for i, in_decoder in enumerate(phase):
+        if in_decoder and start is None:
+            start = xs[i]
+        elif not in_decoder and start is not None:
+            spans.append((float(start), float(xs[i])))
+            start = None
+    if start is not None:
+        spans.append((float(start), float(xs[-1])))
+    return spans
+
+
+def run_task(run_dir: str | Path) -> str | None:
+    """The env task of a run, from the ``config.yaml`` the CLI saves next to ``metrics.csv``."""
+    import yaml  # a dependency of jsonargparse, which the CLI needs anyway
+
+    for path in sorted(Path(run_dir).glob("**/config.yaml")):
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        task = ((cfg.get("model") or {}).get("env") or {}).get("task")
+        if task:
+            return str(task)
+    return None
