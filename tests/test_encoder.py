@@ -146,3 +146,17 @@ def test_reset_modes():
     _perturb(warm)
     warm.reset(best)
     assert all(torch.equal(v, best[k]) for k, v in warm.state_dict().items())
+
+
+def test_reward_norm_divides_by_the_running_std_of_the_discounted_return():
+    enc = _encoder(reward_norm=True, gamma=0.5)
+    reward = torch.ones(2, 3, 1)
+    done = torch.zeros(2, 3, 1, dtype=torch.bool)
+    done[0, 1] = True  # env 0's episode ends after step 1: its return restarts
+    out = enc._normalize_reward(reward, done)
+    returns = torch.tensor([[1.0, 1.5, 1.0], [1.0, 1.5, 1.75]])  # per env, per step
+    assert torch.allclose(out, reward / returns.var(unbiased=False).sqrt(), atol=1e-5)
+    # The return carries over to the next rollout (env 1 continues: 1.75 * 0.5 + 1).
+    enc._normalize_reward(torch.ones(2, 1, 1), torch.zeros(2, 1, 1, dtype=torch.bool))
+    assert torch.allclose(enc._running_return.reshape(-1), torch.tensor([1.5, 1.875]))
+    assert enc.hparams.reward_norm and not _encoder().hparams.reward_norm

@@ -61,6 +61,9 @@ class EncoderModule(LatentEncoder):
         clip_epsilon, max_grad_norm: per stage.
         entropy_coef, value_coef: PPO loss weights (entropy of the latent Gaussian).
         reward_scale: rewards are multiplied by this before GAE.
+        reward_norm: also divide rewards by the running std of the discounted return (as gym's
+            ``NormalizeReward``, which CleanRL's PPO uses): value targets stay O(1) whatever the
+            task's reward scale. Off in the authors' setting (they use a fixed scale of 10).
         prior_reg: ``kl`` (paper text), ``l2`` (authors' code) or ``none``.
         prior_coef: beta, per stage.
         reset: what the encoder keeps at a stage boundary: ``fresh`` (nothing: back to the prior with
@@ -88,6 +91,7 @@ class EncoderModule(LatentEncoder):
         value_coef: float = 0.25,
         reward_scale: float = 10.0,
         normalize_advantage: bool = True,
+        reward_norm: bool = False,
         prior_reg: PriorReg = "kl",
         prior_coef: StageFloat = [5e-4, 1e-3],  # noqa: B006
         reset: ResetMode = "fresh",
@@ -98,6 +102,8 @@ class EncoderModule(LatentEncoder):
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.latent_dim = act_dim if latent_dim is None else latent_dim
         self.obs_norm = RunningNorm(obs_dim)
+        self.return_norm = RunningNorm(1)  # statistics of the discounted return (reward_norm)
+        self._running_return: torch.Tensor | None = None
         self.actor_net = GaussianHead(self.obs_norm, obs_dim, actor_hidden, self.latent_dim)
         self.critic_net = Critic(self.obs_norm, obs_dim, critic_hidden)
         self.actor = ProbabilisticActor(
@@ -150,7 +156,10 @@ class EncoderModule(LatentEncoder):
         hp = self.hparams
         data = rollout.reshape(-1, rollout.shape[-1])
         self.obs_norm.update(data["observation"])
-        data.set(("next", "reward"), data.get(("next", "reward")) * hp.reward_scale)
+        reward = data.get(("next", "reward")) * hp.reward_scale
+        if hp.reward_norm:
+            reward = self._normalize_reward(reward, data.get(("next", "done")))
+        data.set(("next", "reward"), reward)
         with torch.no_grad():
             self.gae(data)
         # Only what the loss reads: indexing fewer entries per minibatch is measurably cheaper.
@@ -190,6 +199,21 @@ class EncoderModule(LatentEncoder):
                 steps += 1
         return {k: float(v) / max(steps, 1) for k, v in sums.items()}
 
+    @torch.no_grad()
+    def _normalize_reward(self, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """``reward / std(discounted return)``, the return tracked per env copy across rollouts."""
+        batch, steps = reward.shape[:2]
+        if self._running_return is None or self._running_return.shape[0] != batch:
+            self._running_return = torch.zeros(batch, 1, device=reward.device)
+        ret, returns = self._running_return, []
+        for t in range(steps):
+            ret = ret * self.hparams.gamma + reward[:, t].reshape(batch, 1)
+            returns.append(ret)
+            ret = ret * (~done[:, t].reshape(batch, 1)).to(ret.dtype)
+        self._running_return = ret
+        self.return_norm.update(torch.stack(returns, 1))
+        return reward / (self.return_norm.var + 1e-8).sqrt().clamp_min(1e-3).to(reward.dtype)
+
     # --- stage boundaries -------------------------------------------------------------------
     def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
         """Start a new stage as configured by ``reset`` (see the class docstring).
@@ -207,3 +231,5 @@ class EncoderModule(LatentEncoder):
         if mode == "fresh":
             self.critic_net.net.load_state_dict(fresh.critic_net.net.state_dict())
             self.obs_norm.load_state_dict(fresh.obs_norm.state_dict())
+            self.return_norm.load_state_dict(fresh.return_norm.state_dict())
+            self._running_return = None
