@@ -1,8 +1,10 @@
 """``gorl bench``: methods x tasks x seeds at one env-frame budget, one results file, table, figure.
 
 Every run is a real ``gorl fit`` in its own process (the path a user takes), logged under
-``--out/<method>_<task>/seed<k>``. A finished run leaves ``done.json`` and is skipped next time, so
-an interrupted matrix resumes where it stopped. ``--jobs N`` runs N at a time (each with one
+``--out/<method>_<task>/seed<k>``. A finished run leaves ``done.json`` and is skipped next time; an
+unfinished one resumes from its ``checkpoints/last.ckpt`` (its earlier metrics are kept as
+``metrics.part<n>.csv`` and joined at the checkpoint's frame), so an interrupted matrix loses at most
+the frames since each run's last checkpoint. ``--jobs N`` runs N at a time (each with one
 torch thread). At the end it writes
 
 - ``results.json``: every run's final deterministic evaluation return, curve, wall time;
@@ -94,15 +96,51 @@ def run_args(method: Method, task: str, budget: float, decoder_data: float, eval
     return args
 
 
+def _resumed(run_dir: Path) -> list[float]:
+    """The frames an unfinished run was resumed from, one per resumption."""
+    path = run_dir / "resumed.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    """The run's metric rows across resumptions: each earlier part up to the frame it resumed from."""
+    parts = sorted(run_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    resumed = _resumed(run_dir)
+    rows: list[dict] = []
+    for part, upto in zip(parts, resumed):
+        rows += [r for r in csv.DictReader(part.open()) if not r.get("loop/frames") or float(r["loop/frames"]) <= upto]
+    return rows + list(csv.DictReader((run_dir / "metrics.csv").open()))
+
+
 def read_run(run_dir: Path) -> dict | None:
     """The finished run's results, or None if it has not finished."""
     done, metrics = run_dir / "done.json", run_dir / "metrics.csv"
     if not done.exists() or not metrics.exists():
         return None
-    rows = list(csv.DictReader(metrics.open()))
+    rows = _rows(run_dir)
     curve = [(float(r["loop/frames"]), float(r["eval/return"])) for r in rows if r.get("eval/return") and r.get("loop/frames")]
     collect = max((float(r["loop/collect_frames"]) for r in rows if r.get("loop/collect_frames")), default=0.0)
     return {"final_return": curve[-1][1], "curve": curve, "decoder_data_frames": collect, **json.loads(done.read_text())}
+
+
+def prepare_resume(run_dir: Path) -> Path | None:
+    """An unfinished run's last checkpoint, with its metrics so far set aside (the CSV logger would
+    delete them); None if there is nothing to resume."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if (run_dir / "done.json").exists() or not ckpt.is_file():
+        return None
+    import torch
+
+    try:
+        frames = float(torch.load(ckpt, map_location="cpu", weights_only=True)["gorl_loop"]["state"]["frames"])
+    except Exception as err:  # a checkpoint cut short by the kill: start the run again
+        print(f"[bench] {run_dir}: unreadable last.ckpt ({type(err).__name__}), starting over", flush=True)
+        return None
+    resumed = _resumed(run_dir)
+    if (run_dir / "metrics.csv").exists():
+        (run_dir / "metrics.csv").rename(run_dir / f"metrics.part{len(resumed)}.csv")
+        (run_dir / "resumed.json").write_text(json.dumps(resumed + [frames]))
+    return ckpt
 
 
 def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Namespace) -> dict:
@@ -120,14 +158,18 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
     env = dict(os.environ)
     if args.jobs > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # N runs on N cores, not N x all cores
-    print(f"[bench] {name} {task} seed {seed}: running", flush=True)
+    ckpt = prepare_resume(run_dir)
+    if ckpt is not None:
+        cmd += ["--ckpt_path", str(ckpt)]
+    print(f"[bench] {name} {task} seed {seed}: " + (f"resuming from {ckpt}" if ckpt else "running"), flush=True)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         tail = [line for line in res.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
         raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); command: {' '.join(cmd)}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "command": cmd}))
+    resumed = _resumed(run_dir)
+    (run_dir / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "command": cmd, "resumed_from": resumed}))
     got = read_run(run_dir)
     print(f"[bench] {name} {task} seed {seed}: final eval/return {got['final_return']:.1f} in {got['wall_s'] / 60:.1f} min", flush=True)
     return got
@@ -146,7 +188,10 @@ def table(results: dict[tuple[str, str], list[dict]], budget: float) -> str:
         wall = statistics.mean(r["wall_s"] for r in runs)
         data = statistics.mean(r["decoder_data_frames"] for r in runs)
         per = ", ".join(_fmt(f) for f in finals)
-        lines.append(f"| {task} | {method} | {_fmt(statistics.mean(finals))} ± {_fmt(std)} | {per} | {data:,.0f} | {wall / 60:.1f} min |")
+        mark = "†" if any(r.get("resumed_from") for r in runs) else ""
+        lines.append(f"| {task} | {method} | {_fmt(statistics.mean(finals))} ± {_fmt(std)} | {per} | {data:,.0f} | {wall / 60:.1f} min{mark} |")
+    if "†" in "".join(lines):
+        lines += ["", "† some runs were resumed from a checkpoint; their wall time counts the last part only."]
     return "\n".join(lines) + "\n"
 
 

@@ -354,6 +354,10 @@ class GoRLSystem(pl.LightningModule):
 
     # --- checkpoints: the loop's state travels with the weights -----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Metric rows up to the checkpoint go to disk with it (CSV buffers 100 rows), so a killed run
+        # leaves its curve up to where a resume picks it up again.
+        for logger in self.loggers:
+            logger.save()
         checkpoint["gorl_loop"] = {
             "state": self.loop_state.state_dict(),
             "best_encoder": self.best_encoder,

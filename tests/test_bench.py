@@ -2,6 +2,8 @@
 table and a figure, and a second call skips the finished runs."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -13,11 +15,14 @@ TINY = ["--model.encoder.critic_hidden", "[32,32]", "--model.encoder.actor_hidde
         "--model.refinement.batch_size", "128"]
 
 
-def _bench(out, *extra):
-    cmd = [sys.executable, "-m", "gorl", "bench", "--methods", "ppo", "gorl-flow", "--tasks", "toy-bandit", "--seeds", "0", "1",
-           "--budget", "384", "--eval-every", "128", "--decoder-data", "1.0", "--base", str(CONF / "smoke.yaml"),
-           "--out", str(out), *extra, "--override", *TINY]
+def _bench_args(out, args, override=()):
+    cmd = [sys.executable, "-m", "gorl", "bench", "--tasks", "toy-bandit", "--decoder-data", "1.0", "--base", str(CONF / "smoke.yaml"),
+           "--out", str(out), *args, "--override", *TINY, *override]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def _bench(out, *extra):
+    return _bench_args(out, ["--methods", "ppo", "gorl-flow", "--seeds", "0", "1", "--budget", "384", "--eval-every", "128", *extra])
 
 
 def test_bench_matrix_writes_results_table_and_figure_and_resumes(tmp_path):
@@ -40,3 +45,35 @@ def test_bench_rejects_unknown_method_and_task(tmp_path):
     for args, expected in ((["--methods", "nope"], "unknown method 'nope'"), (["--tasks", "cheetah-fly"], "unknown task 'cheetah-fly'")):
         res = subprocess.run([sys.executable, "-m", "gorl", "bench", *args, "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert res.returncode != 0 and expected in res.stderr.strip().splitlines()[-1]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_keeps_its_curve(tmp_path):
+    """Kill a bench run's `gorl fit` mid-run; the next `gorl bench` resumes it from last.ckpt and the
+    results join the killed part's curve (up to the checkpoint) with the resumed part's."""
+    args = ["--methods", "ppo", "--seeds", "0", "--budget", "1024", "--eval-every", "128"]
+    extra = ["--checkpoint.every_frames", "128"]
+    ref = _bench_args(tmp_path / "ref", args, extra)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "ref" / "ppo_toy-bandit" / "seed0"
+    reference = json.loads((tmp_path / "ref" / "results.json").read_text())["runs"][0]["curve"]
+    cmd = [a.replace(str(tmp_path / "ref"), str(tmp_path / "cut")) for a in json.loads((run / "done.json").read_text())["command"]]
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if "[gorl] stage 0 | frames 512" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    cut = tmp_path / "cut" / "ppo_toy-bandit" / "seed0"
+    assert not (cut / "done.json").exists() and (cut / "checkpoints" / "last.ckpt").exists()
+
+    again = _bench_args(tmp_path / "cut", args, extra)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    got = json.loads((tmp_path / "cut" / "results.json").read_text())["runs"][0]
+    (upto,) = got["resumed_from"]
+    frames = [f for f, _ in got["curve"]]
+    assert frames == sorted(set(frames)) and frames[-1] == 1024 and 384 <= upto < 1024
+    # The killed part ran with the same seed as the reference, so its points are the reference's.
+    assert [p for p in got["curve"] if p[0] <= upto] == [p for p in reference if p[0] <= upto]
+    assert (cut / "metrics.part0.csv").exists()
