@@ -67,6 +67,7 @@ METHODS: dict[str, Method] = {
     "ppo": Method(_enc("ppo_cpu") + _dec("identity")),
     "gorl-flow": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("flow"), GORL_STAGES),
     "gorl-diffusion": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("diffusion"), GORL_STAGES),
+    "ppo-cleanrl": Method(_enc("ppo_cleanrl") + _dec("identity") + ["--model.env.num_envs", "8"]),
     "ppo-paper": Method(_enc("ppo_baseline") + _dec("identity")),
     "fpo": Method(_enc("fpo") + _dec("identity")),
     "dppo": Method(_enc("dppo") + _dec("identity")),

@@ -77,3 +77,22 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_keeps_its_curve(tmp_
     # The killed part ran with the same seed as the reference, so its points are the reference's.
     assert [p for p in got["curve"] if p[0] <= upto] == [p for p in reference if p[0] <= upto]
     assert (cut / "metrics.part0.csv").exists()
+
+
+def test_every_named_method_resolves_to_a_valid_config():
+    """A recipe whose overrides do not parse (a renamed key, a missing encoder file) fails here, not
+    an hour into a matrix."""
+    import contextlib
+    import io
+
+    import pytest
+
+    from gorl.bench import METHODS, run_args
+    from gorl.cli import main
+
+    for name, method in METHODS.items():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(CONF / "bench.yaml"), *run_args(method, "cheetah-run", 1e6, 0.1, 1e5), "--print_config"])
+        assert exit_info.value.code in (0, None), name
+        assert "task: cheetah-run" in buf.getvalue(), name

@@ -81,3 +81,18 @@ def test_malformed_yaml(tmp_path):
     bad.write_text("model:\n  env: [\n")
     res = run_gorl("fit", "--config", str(bad), cwd=tmp_path, timeout=120)
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("gorl: error:")
+
+
+def test_every_experiment_config_parses():
+    """Each top-level conf/*.yaml resolves (part files found, keys and types valid) as users run it."""
+    import contextlib
+    import io
+
+    from gorl.cli import main
+
+    configs = sorted(CONF.glob("*.yaml"))
+    assert len(configs) >= 12
+    for path in configs:
+        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(path), "--print_config"])
+        assert exit_info.value.code in (0, None), path
