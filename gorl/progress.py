@@ -84,6 +84,8 @@ class GoRLProgressBar(TQDMProgressBar):
             return
         desc, postfix = self.describe(trainer, module)
         bar.n = module.loop_state.frames
+        # The last rollout can overshoot the budget; tqdm would then print "0% ... /?" instead of 100%.
+        bar.total = max(module.loop_cfg.total_frames, bar.n)
         bar.set_description(desc, refresh=False)
         bar.set_postfix_str(postfix, refresh=False)
         bar.refresh()

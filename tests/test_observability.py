@@ -214,3 +214,21 @@ def test_video_without_a_gl_backend_is_one_line(tmp_path, args, env, expected):
     if env.get("MUJOCO_GL") == "egl":
         assert "MUJOCO_GL=osmesa" in line  # says what to do
     assert not list(tmp_path.glob("runs/**/*.mp4"))
+
+
+def test_progress_bar_reads_100_percent_when_the_last_rollout_overshoots_the_budget(capsys):
+    """Rollouts come in fixed sizes, so a run can end a few frames past its budget; tqdm prints
+    such a bar as "0% ... n/?" unless the total follows."""
+    from types import SimpleNamespace
+
+    from gorl.progress import GoRLProgressBar
+
+    module = SimpleNamespace(loop_state=SimpleNamespace(stage=1, phase="done", frames=151_552),
+                             loop_cfg=SimpleNamespace(total_frames=150_000), last_eval_return=82.6)
+    trainer = SimpleNamespace(lightning_module=module, progress_bar_metrics={})
+    pbar = GoRLProgressBar()
+    pbar._trainer = trainer
+    pbar.train_progress_bar = pbar.init_train_tqdm()
+    pbar._show(trainer, module)
+    last = re.split(r"[\r\n]", capsys.readouterr().err)[-1]
+    assert re.search(r"^done: 100%.*152k/152k frames", last), last
