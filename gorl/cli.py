@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -37,6 +39,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 
 import torch  # noqa: E402
+
+# Third-party notices that say nothing about the user's run, printed on every `gorl fit`: Lightning
+# 2.6's own use of a torch pytree class that torch 2.13 deprecates, and its advert for a cloud logger.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning_utilities.core.rank_zero"):  # the name depends on import order
+    logging.getLogger(_name).addFilter(lambda record: "Tip: For seamless cloud logging" not in record.getMessage())
 
 from gorl.callbacks import FrameCheckpoint  # noqa: E402
 from gorl.distributions import ActionDistributionLogger  # noqa: E402

@@ -157,7 +157,10 @@ class GoRLSystem(pl.LightningModule):
         frames = self.train_env.batch_size.numel() * self.encoder.rollout_steps
         # The collector runs the live policy object (same process, same device): weights updated by
         # the optimiser are used at the next step with no copy.
-        self.collector = Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True)
+        # The acting policy is memoryless (no recurrent state, no primers), so it needs none of the
+        # env transforms TorchRL 0.14 would otherwise warn about (InitTracker) on every run.
+        self.collector = Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True,
+                                   auto_register_policy_transforms=False)
         self._batches = iter(self.collector)
 
     def teardown(self, stage: str) -> None:

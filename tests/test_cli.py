@@ -20,6 +20,9 @@ def test_smoke_fit_writes_checkpoint_metrics_and_prints_final_return(tmp_path):
     rows = _metrics(tmp_path)
     assert any(r.get("eval/return") for r in rows) and any(r.get("encoder/loss") for r in rows)
     assert "final eval/return" in res.stdout + res.stderr
+    # No third-party noise on a plain run (TorchRL's InitTracker FutureWarning, Lightning's pytree
+    # deprecation and cloud-logger advert): warnings there would be about the user's run.
+    assert "Warning" not in res.stderr and "Tip:" not in res.stdout + res.stderr, res.stderr[-3000:]
     import torch
 
     (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
