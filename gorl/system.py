@@ -366,6 +366,7 @@ class GoRLSystem(pl.LightningModule):
             "best_encoder": self.best_encoder,
             "fit": None if self.fit_state is None else self.fit_state.state_dict(),
             "rng": rng_state(),
+            "encoder": self.encoder.checkpoint_state(),  # e.g. SAC's replay buffer
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -386,6 +387,10 @@ class GoRLSystem(pl.LightningModule):
             st.phase = "decoder"
             self._restore_best_at_start = True
         self.best_encoder = saved["best_encoder"]
+        if saved.get("encoder") is not None:
+            self.encoder.load_checkpoint_state(saved["encoder"])
+            if getattr(self.encoder, "buffer_size", 0):
+                rank_zero_info(f"[gorl] restored {self.encoder.buffer_size:,} replay transitions from the checkpoint")
         self.fit_state = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refine_cfg, saved["fit"])
 
     # --- gorl validate ----------------------------------------------------------------------------

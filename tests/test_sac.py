@@ -199,6 +199,27 @@ def test_replay_buffer_is_in_no_state_dict_and_snapshot_is_the_actor():
     assert clone.buffer_size == 0
 
 
+def _stored(enc: LatentSAC) -> list[tuple[float, ...]]:
+    rows = enc._buffer.storage[torch.arange(len(enc._buffer))]
+    return sorted(map(tuple, torch.cat([rows["observation"], rows["next", "reward"].unsqueeze(-1)], -1).tolist()))
+
+
+def test_checkpointed_replay_buffer_resumes_with_the_same_transitions_and_overwrite_order(tmp_path):
+    enc = _sac(buffer_size=40)
+    for seed in range(3):  # 48 transitions into 40 slots: the ring has wrapped
+        enc.push(_rollout(seed=seed).reshape(-1))
+    torch.save(enc.checkpoint_state(), tmp_path / "state.pt")
+    resumed = _sac(buffer_size=40)
+    resumed.load_checkpoint_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed.buffer_size == 40
+    for e in (enc, resumed):  # the next push must overwrite the same (oldest) transitions in both
+        e.push(_rollout(seed=9).reshape(-1))
+    assert resumed.buffer_size == 40 and _stored(resumed) == _stored(enc)
+    resumed.clear_buffer()
+    assert resumed.buffer_size == 0 and resumed.checkpoint_state() == {"replay": None}
+    assert _sac(checkpoint_buffer=False).checkpoint_state() is None
+
+
 def _perturb(enc: LatentSAC) -> None:
     with torch.no_grad():
         for p in enc.parameters():
@@ -288,3 +309,14 @@ def test_gorl_fit_two_stages_with_sac(tmp_path, monkeypatch):
     (metrics,) = tmp_path.glob("runs/gorl/version_0/metrics.csv")
     header = metrics.read_text().splitlines()[0]
     assert "encoder/loss_critic" in header and "encoder/alpha" in header
+    # The checkpoint carries the replay buffer, and a resumed (here: extended) run starts from it.
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    replay = torch.load(ckpt, weights_only=True)["gorl_loop"]["encoder"]["replay"]
+    n = replay["observation"].shape[0]
+    assert n > 0 and replay["next"]["reward"].shape == (n,)
+    res = run_gorl(
+        "fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder", json.dumps(encoder),
+        "--model.loop.stages", "[256,256]", "--ckpt_path", str(ckpt), cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"restored {n:,} replay transitions" in res.stdout + res.stderr

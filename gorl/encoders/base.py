@@ -98,6 +98,15 @@ class LatentEncoder(pl.LightningModule):
         """Start a new stage: back to the prior (or warm, as the encoder's config says)."""
         raise NotImplementedError
 
+    # --- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict | None:
+        """What a resumed run needs beyond ``state_dict`` (e.g. a replay buffer), in plain tensors
+        and numbers so that checkpoints still load with ``weights_only=True``. Default: nothing."""
+        return None
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Take back what :meth:`checkpoint_state` returned."""
+
     def on_decoder_change(self) -> None:
         """Called after a refinement installed a new decoder: what a latent *means* has changed.
         Default: nothing (on-policy encoders collect fresh data anyway)."""
