@@ -49,7 +49,7 @@ statistics whenever a batch is used and old and new data are always normalised a
 not a module: it is in no ``state_dict`` or best-encoder snapshot. Checkpoints carry it
 (``checkpoint_buffer``, on by default) as plain tensors, oldest transition first, so a resumed run
 samples from the same transitions and overwrites them in the same order (storage slots differ, so
-sampled indices are not bit-identical). It costs ``4 * (2 * obs_dim + x_dim + 2)`` bytes per stored
+sampled indices are not bit-identical). It costs about ``4 * (2 * obs_dim + x_dim + 2)`` bytes per stored
 transition in every checkpoint (~34 MB per 200k cheetah-run transitions); with
 ``checkpoint_buffer: false`` a resumed run refills it and makes no updates until it holds
 ``learning_starts`` transitions again. Under DDP rank 0 writes the checkpoint, so every rank
