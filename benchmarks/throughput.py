@@ -2,6 +2,9 @@
 
 For each task, on the same machine and in the same process:
   (a) raw      a plain loop of ``dm_control`` ``env.step`` with random actions (one core);
+  (a') raw     ``--workers`` such loops in separate processes at once: what the machine itself
+               gives for that many cores (shared VMs often scale below linear), the yardstick
+               for the multi-process rows;
   (b) env      our batched env (``DMControlBatchEnv``, N copies in one process) under random
                actions through ``step_and_maybe_reset``; and with ``--workers`` processes;
   (c) ppo      the full Gaussian-PPO training loop (``gorl fit`` machinery: TorchRL collector,
@@ -56,6 +59,25 @@ def raw_rate(task: str, seconds: float) -> float:
             env.reset()
         n += 1
     return n / (time.perf_counter() - t0)
+
+
+def _raw_worker(task: str, seconds: float, out) -> None:
+    out.put(raw_rate(task, seconds))
+
+
+def raw_rate_parallel(task: str, workers: int, seconds: float) -> float:
+    """Summed steps/s of ``workers`` raw loops running at the same time, one process each."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_raw_worker, args=(task, seconds, out)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    rates = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(rates)
 
 
 def env_rate(task: str, num_envs: int, workers: int, seconds: float) -> float:
@@ -153,6 +175,7 @@ def main() -> None:
     for task in args.tasks:
         env = _median_rates({
             "raw": lambda: raw_rate(task, args.seconds),
+            "raww": lambda: raw_rate_parallel(task, w, args.seconds),
             "env1": lambda: env_rate(task, n, 1, args.seconds),
             "envw": lambda: env_rate(task, n, w, args.seconds),
         }, args.repeats)
@@ -165,8 +188,10 @@ def main() -> None:
         raw = env["raw"]
         rows = [
             ("(a) raw dm_control env.step, 1 core", raw, 1),
+            (f"(a') raw, {w} processes at once", env["raww"], w),
             (f"(b) batched env, 1 process x {n}", env["env1"], 1),
             (f"(b) batched env, {w} processes x {n}", env["envw"], w),
+            (f"    the same vs (a'): machine's {w}-core scaling removed", env["envw"] / env["raww"], None),
             (f"(c) PPO training loop, {n} envs (collect + update)", loops["ppo"][0], 1),
             ("    its collection alone (policy + env + collector)", loops["ppo"][1], 1),
             (f"(c) PPO training loop, {n} envs over {w} processes", loops["ppo_w"][0], w),
