@@ -84,6 +84,33 @@ def test_batched_env_equals_single_envs_step_for_step():
     assert torch.allclose(batched, torch.cat(singles, dim=1))
 
 
+@pytest.mark.parametrize("task", ["walker-walk", "finger-spin"])
+def test_observation_is_dm_controls_entries_flattened_in_order(task):
+    """Against plain dm_control: entries of any shape (walker's height is a scalar) land in order."""
+    from dm_control import suite
+
+    domain, name = task.split("-", 1)
+    env = DMControlBatchEnv(task, num_envs=2, seed=5)
+    raws = [suite.load(domain, name, task_kwargs={"random": 5 + i}) for i in range(2)]
+
+    def flat(ts):
+        return np.concatenate([np.ravel(v) for v in ts.observation.values()]).astype(np.float32)
+
+    try:
+        got = env.reset()["observation"].numpy()
+        np.testing.assert_array_equal(got, np.stack([flat(r.reset()) for r in raws]))
+        act = _rand_actions(2, env.action_spec.shape[-1], 3, seed=2)
+        td = env.reset()
+        [r.reset() for r in raws]
+        for t in range(3):
+            td["action"] = act[t]
+            out = env.step(td)["next"]
+            want = np.stack([flat(r.step(act[t, i].numpy())) for i, r in enumerate(raws)])
+            np.testing.assert_array_equal(out["observation"].numpy(), want)
+    finally:
+        env.close()
+
+
 def test_unknown_task_lists_valid_tasks():
     with pytest.raises(ConfigError, match="unknown dm_control task 'cheetah-fly'.*cheetah-run"):
         parse_task("cheetah-fly")
