@@ -29,13 +29,14 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
-from gorl.distributed import average_gradients_, broadcast_module_
+from gorl.distributed import broadcast_module_
 from gorl.encoders import EncoderModule, LatentEncoder
 from gorl.envs.factory import EnvConfig, env_dims, make_env
 from gorl.errors import CheckpointError, ConfigError, EnvWorkerError, NonFiniteError
 from gorl.evaluation import evaluate
 from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash
+from gorl.optimization import guarded_step
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig, collect, split_by_episode, top_q_episodes
 
@@ -229,22 +230,7 @@ class GoRLSystem(pl.LightningModule):
         self._row = {}
 
     def _optimize(self, optimizer, loss: torch.Tensor, max_norm: float | None = None) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite loss ({float(loss)}) in the {self._where()}; the last checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        if hasattr(self.trainer.model, "require_backward_grad_sync"):
-            # Under DDP: one module trains while the other idles, and one training_step takes many
-            # steps; DDP's reducer would reject the idle parameters. We average the gradients of
-            # the optimiser's own parameters instead (gorl/distributed.py), so DDP must not.
-            self.trainer.model.require_backward_grad_sync = False
-        self.manual_backward(loss)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        average_gradients_(params)
-        if params and not torch.isfinite(torch.stack([p.grad.norm() for p in params])).all():
-            raise NonFiniteError(f"non-finite gradient in the {self._where()}; the last checkpoint is kept")
-        if max_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
+        guarded_step(self, optimizer, loss, max_norm, self._where())
 
     def _next_rollout(self) -> TensorDictBase:
         try:
