@@ -110,7 +110,7 @@ class ClippedPolicyGradient(LatentEncoder):
         return self.hparams.unroll
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, foreach=True)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
 
     def train_on(self, rollout: TensorDictBase, optimize: OptimizeFn, stage: int) -> dict[str, float]:
         """One PPO-style update on a rollout of shape ``[*batch, T]`` (time last)."""

@@ -61,7 +61,7 @@ class DecoderModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, fused=True)
 
 
 class ConditionalMLP(torch.nn.Module):

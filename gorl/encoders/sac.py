@@ -229,7 +229,7 @@ class LatentSAC(LatentEncoder):
             {"params": list(self.critic.parameters()), "lr": hp.critic_lr, "name": "critic"},
             {"params": [self.log_alpha], "lr": hp.alpha_lr, "name": "alpha"},
         ]
-        return torch.optim.Adam(groups, foreach=True)
+        return torch.optim.Adam(groups, fused=True)
 
     def update_obs_statistics(self, obs: torch.Tensor) -> None:
         if self.hparams.normalize_obs:
