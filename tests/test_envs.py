@@ -137,6 +137,20 @@ def test_worker_processes_step_one_flat_batch_exactly_like_one_process():
         env.close()
 
 
+def test_collector_shutdown_closes_the_worker_processes():
+    from torchrl.collectors import Collector
+    from torchrl.envs.utils import RandomPolicy
+
+    env = DMControlBatchEnv("cheetah-run", 4, num_workers=2)
+    procs = list(env._procs)
+    assert not env.is_closed and all(p.is_alive() for p in procs)
+    collector = Collector(env, RandomPolicy(env.action_spec), frames_per_batch=8, total_frames=-1)
+    next(iter(collector))
+    collector.shutdown()
+    assert env.is_closed and env._shm is None
+    assert not any(p.is_alive() for p in procs)
+
+
 def test_a_dead_dm_control_worker_raises_instead_of_hanging():
     from gorl.errors import EnvWorkerError
 

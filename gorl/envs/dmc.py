@@ -255,6 +255,10 @@ class DMControlBatchEnv(EnvBase):
             truncated=Categorical(2, (num_envs, 1), dtype=torch.bool),
             shape=(num_envs,),
         )
+        # EnvBase marks a new env closed (only TorchRL's wrappers flip it); left so, a collector's
+        # shutdown and our teardown would skip close() and leave the worker processes and the
+        # shared block to the interpreter's exit.
+        self.is_closed = False
 
     # --- talking to the workers ----------------------------------------------------------------
     def _send(self, cmd: str, *args) -> None:
