@@ -4,6 +4,7 @@ buffer across decoder refits and checkpoints, stage resets, and a two-stage `gor
 import json
 import math
 
+import pytest
 import torch
 from tensordict import TensorDict
 
@@ -216,8 +217,19 @@ def test_checkpointed_replay_buffer_resumes_with_the_same_transitions_and_overwr
         e.push(_rollout(seed=9).reshape(-1))
     assert resumed.buffer_size == 40 and _stored(resumed) == _stored(enc)
     resumed.clear_buffer()
-    assert resumed.buffer_size == 0 and resumed.checkpoint_state() == {"replay": None}
-    assert _sac(checkpoint_buffer=False).checkpoint_state() is None
+    assert resumed.buffer_size == 0 and resumed.checkpoint_state()["replay"] is None
+    assert _sac(checkpoint_buffer=False).checkpoint_state()["replay"] is None
+
+
+@pytest.mark.parametrize("checkpoint_buffer", [True, False])
+def test_fractional_update_credit_survives_a_checkpoint(tmp_path, checkpoint_buffer):
+    enc = _sac(utd_ratio=0.3, learning_starts=8, checkpoint_buffer=checkpoint_buffer)
+    enc.train_on(_rollout(n=8), _optimizer_step(enc), 0)  # 0.3 x 32 frames = 9 updates, 0.6 left
+    assert enc._update_credit == pytest.approx(0.6)
+    torch.save(enc.checkpoint_state(), tmp_path / "state.pt")
+    resumed = _sac(utd_ratio=0.3, learning_starts=8, checkpoint_buffer=checkpoint_buffer)
+    resumed.load_checkpoint_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed._update_credit == pytest.approx(0.6)
 
 
 def _perturb(enc: LatentSAC) -> None:

@@ -303,20 +303,23 @@ class LatentSAC(LatentEncoder):
         self._restored = None
 
     def checkpoint_state(self) -> dict | None:
-        """The replay buffer's transitions, oldest first, as a nested dict of tensors."""
+        """The fractional update credit and the replay buffer's transitions, oldest first, as a
+        nested dict of tensors (``None`` with ``checkpoint_buffer: false``)."""
+        state: dict = {"update_credit": self._update_credit}
         if not self.hparams.checkpoint_buffer:
-            return None
+            return {**state, "replay": None}
         if self._buffer is None:
-            return {"replay": self._restored}
+            return {**state, "replay": self._restored}
         n, cap = len(self._buffer), self.hparams.buffer_size
         # Storage rows in write order: once the ring wrapped, the oldest row is the next to overwrite.
         order = torch.arange(n) if n < cap else (torch.arange(cap) + self._pushed) % cap
         rows = self._buffer.storage[order.to(self._buffer.storage.device)]
-        return {"replay": rows.exclude("index").cpu().to_dict()}
+        return {**state, "replay": rows.exclude("index").cpu().to_dict()}
 
     def load_checkpoint_state(self, state: dict) -> None:
         self.clear_buffer()
         self._restored = state.get("replay")
+        self._update_credit = float(state.get("update_credit", 0.0))
 
     # --- the losses ----------------------------------------------------------------------------
     def critic_x(self, obs: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
