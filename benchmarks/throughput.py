@@ -10,7 +10,9 @@ For each task, on the same machine and in the same process:
   (c) ppo      the full Gaussian-PPO training loop (``gorl fit`` machinery: TorchRL collector,
                GAE, ClipPPOLoss updates, Lightning manual optimisation), frames / wall second,
                in one process and with the batch split over ``--workers`` processes; each with
-               the rate of its collection part alone (what is left is the PPO update's compute);
+               the rate of its collection part alone (what is left is the PPO update's compute),
+               and a ceiling: the loop's rate if the update cost nothing beyond its bare maths
+               (same networks, minibatches, epochs and Adam in plain torch, timed here);
   (d) gorl     the same loop in a GoRL encoder phase, acting through a 10-step flow and a
                10-step diffusion decoder.
 Each rate is printed with its ratio to (a). Timing thresholds live here, never in unit tests.
@@ -30,15 +32,22 @@ from functools import partial
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import logging  # noqa: E402
+
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gorl.decoders import DiffusionDecoder, FlowDecoder, IdentityDecoder  # noqa: E402
 from gorl.encoders import EncoderModule  # noqa: E402
-from gorl.envs.factory import EnvConfig, make_env  # noqa: E402
+from gorl.envs.factory import EnvConfig, env_dims, make_env  # noqa: E402
 from gorl.loop import LoopConfig  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402
+
+import gorl.cli  # noqa: E402,F401  (its filters of Lightning's per-run notices: pytree deprecation, cloud-logger advert)
+
+# One Trainer per loop measurement: its "GPU available: ..." lines would bury the table.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 # The CPU PPO preset of conf/encoder/ppo_cpu.yaml.
 PPO_CPU = dict(actor_hidden=[32, 32, 32, 32], critic_hidden=[256, 256], lr=3e-4, unroll=32, epochs=10, minibatch_size=512,
@@ -48,6 +57,9 @@ PPO_CPU = dict(actor_hidden=[32, 32, 32, 32], critic_hidden=[256, 256], lr=3e-4,
 def raw_rate(task: str, seconds: float) -> float:
     from dm_control import suite
 
+    from gorl.envs.dmc import _quiet_absl
+
+    _quiet_absl()  # MuJoCo's per-load compiler deprecation notice
     domain, name = task.split("-", 1)
     env = suite.load(domain, name, task_kwargs={"random": 0})
     spec = env.action_spec()
@@ -128,11 +140,48 @@ def loop_rate(task: str, num_envs: int, frames: int, decoder, workers: int = 1) 
     if gorl:
         system.loop_state.stage = 1  # act through the (untrained, full-cost) decoder from the start
     clock = _Clock(stage=system.loop_state.stage)
-    trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
     trainer.fit(system)
     done = clock.f1 - clock.f0
     return done / (clock.t1 - clock.t0), done / clock.collect_s
+
+
+def update_maths_seconds(task: str, num_envs: int, repeats: int = 3) -> float:
+    """Seconds per rollout of a PPO update reduced to its maths: the same networks, minibatches,
+    epochs and fused Adam as the CPU preset, with a plain-tensor clipped-surrogate + value loss
+    and nothing else (no TensorDict, no TorchRL loss, no Lightning, no NaN guard). With the
+    measured collection rate it bounds what the (c) loop can reach on this machine."""
+    obs_dim, act_dim, _, _ = env_dims(EnvConfig(task=task))
+    enc = EncoderModule(obs_dim, act_dim, **PPO_CPU)
+    opt = enc.configure_optimizers()
+    n = num_envs * PPO_CPU["unroll"]
+    mb, eps = min(n, PPO_CPU["minibatch_size"]), PPO_CPU["clip_epsilon"]
+    obs, lat, old_lp = torch.randn(n, obs_dim), torch.randn(n, act_dim), torch.randn(n)
+    adv, target = torch.randn(n), torch.randn(n, 1)
+
+    def update() -> None:
+        for _ in range(PPO_CPU["epochs"]):
+            perm = torch.randperm(n)
+            for start in range(0, n - mb + 1, mb):
+                i = perm[start : start + mb]
+                loc, scale = enc.actor_net(obs[i])
+                ratio = (torch.distributions.Normal(loc, scale).log_prob(lat[i]).sum(-1) - old_lp[i]).exp()
+                a = (adv[i] - adv[i].mean()) / (adv[i].std() + 1e-8)
+                loss = -torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a).mean()
+                loss = loss + PPO_CPU["value_coef"] * (enc.critic_net(obs[i]) - target[i]).pow(2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(enc.parameters(), PPO_CPU["max_grad_norm"], foreach=True)
+                opt.step()
+
+    update()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        update()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _median_rates(fns: dict, repeats: int) -> dict:
@@ -186,6 +235,9 @@ def main() -> None:
             "diffusion": lambda: loop_rate(task, n, args.frames, DiffusionDecoder),
         }, args.repeats)
         raw = env["raw"]
+        frames_per_rollout = n * PPO_CPU["unroll"]
+        maths_s = update_maths_seconds(task, n)
+        ceiling = frames_per_rollout / (frames_per_rollout / loops["ppo"][1] + maths_s)
         rows = [
             ("(a) raw dm_control env.step, 1 core", raw, 1),
             (f"(a') raw, {w} processes at once", env["raww"], w),
@@ -194,6 +246,7 @@ def main() -> None:
             (f"    the same vs (a'): machine's {w}-core scaling removed", env["envw"] / env["raww"], None),
             (f"(c) PPO training loop, {n} envs (collect + update)", loops["ppo"][0], 1),
             ("    its collection alone (policy + env + collector)", loops["ppo"][1], 1),
+            ("    ceiling: that collection + the update's bare maths", ceiling, 1),
             (f"(c) PPO training loop, {n} envs over {w} processes", loops["ppo_w"][0], w),
             ("    its collection alone", loops["ppo_w"][1], w),
         ]
