@@ -304,7 +304,7 @@ class LatentSAC(LatentEncoder):
 
     def checkpoint_state(self) -> dict | None:
         """The fractional update credit and the replay buffer's transitions, oldest first, as a
-        nested dict of tensors (``None`` with ``checkpoint_buffer: false``)."""
+        nested dict of tensors (``replay`` is ``None`` with ``checkpoint_buffer: false``)."""
         state: dict = {"update_credit": self._update_credit}
         if not self.hparams.checkpoint_buffer:
             return {**state, "replay": None}
