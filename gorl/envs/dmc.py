@@ -27,6 +27,8 @@ Conventions (the same for every env GoRL trains on):
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import time
 import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -167,6 +169,26 @@ class _Shard:
         self.envs = []
 
 
+# How long a process polls its pipe before it blocks on it. A process blocked on a pipe is woken by
+# the OS, and on a virtual machine that costs: measured here, a pipe round trip to a process idle
+# for 5 ms took 0.9 ms median (2.3 ms at p90) against 0.09 ms to one that was polling, with env
+# steps of 5-10 ms. Worker and parent therefore poll between the steps of a rollout (yielding the
+# core to any runnable process), and only block when a gap outlasts this: during updates, evaluations.
+SPIN_S = 0.02
+_yield = getattr(os, "sched_yield", lambda: None)  # not on Windows
+
+
+def _recv(conn: Connection, spin_s: float = SPIN_S):
+    """``conn.recv()``, polling for up to ``spin_s`` before blocking."""
+    if spin_s > 0:
+        deadline = time.perf_counter() + spin_s
+        while not conn.poll():
+            if time.perf_counter() > deadline:
+                break
+            _yield()
+    return conn.recv()
+
+
 def _worker(conn: Connection, shm_name: str, layout, task: str, rows: tuple[int, int], seed: int, time_limit: float | None) -> None:
     """A worker process: build its shard, then serve step / reset / seed commands until close."""
     shm = SharedMemory(name=shm_name)
@@ -175,7 +197,7 @@ def _worker(conn: Connection, shm_name: str, layout, task: str, rows: tuple[int,
         shard = _Shard(task, rows, seed, time_limit, _views(shm.buf, layout))
         conn.send(("ok", None))
         while True:
-            cmd, arg = conn.recv()
+            cmd, arg = _recv(conn)
             if cmd == "close":
                 shard.close()
                 break
@@ -271,7 +293,7 @@ class DMControlBatchEnv(EnvBase):
     def _wait(self) -> None:
         for k, conn in enumerate(self._conns):
             try:
-                status, detail = conn.recv()
+                status, detail = _recv(conn)
             except (EOFError, ConnectionResetError, OSError):
                 self._died(k)
             if status == "error":
