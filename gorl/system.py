@@ -160,8 +160,13 @@ class GoRLSystem(pl.LightningModule):
         # the optimiser are used at the next step with no copy.
         # The acting policy is memoryless (no recurrent state, no primers), so it needs none of the
         # env transforms TorchRL 0.14 would otherwise warn about (InitTracker) on every run.
+        # Devices are given explicitly (policy: the module's, storage: the env's): left unset,
+        # TorchRL 0.14 copies every step's tensordict onto the env's device even when nothing
+        # moves (~0.1 ms of the parent's ~0.8 ms per 64-env step, measured on CPU).
+        env_device = self.train_env.device
         self.collector = Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True,
-                                   auto_register_policy_transforms=False)
+                                   auto_register_policy_transforms=False, policy_device=self.device,
+                                   env_device=env_device, storing_device=env_device)
         self._batches = iter(self.collector)
 
     def teardown(self, stage: str) -> None:

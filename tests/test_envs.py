@@ -30,6 +30,17 @@ def test_specs_shapes_and_dtypes():
     env.close()
 
 
+def test_step_and_reset_outputs_carry_the_env_device():
+    # A device-less output makes TorchRL cast the whole tensordict onto the env's device on every
+    # step (~0.1 ms per batch here, a third of the env layer's own per-step cost).
+    env = DMControlBatchEnv("cheetah-run", num_envs=2, seed=0, num_workers=2)
+    td = env.reset()
+    assert env._reset(td).device == env.device == torch.device("cpu")
+    td["action"] = torch.zeros(2, 6)
+    assert env._step(td).device == env.device
+    env.close()
+
+
 def test_time_limit_is_truncation_not_termination():
     env = DMControlBatchEnv("cheetah-run", num_envs=2, seed=0)
     td = env.reset()

