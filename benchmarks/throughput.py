@@ -8,11 +8,14 @@ For each task, on the same machine and in the same process:
   (b) env      our batched env (``DMControlBatchEnv``, N copies in one process) under random
                actions through ``step_and_maybe_reset``; and with ``--workers`` processes;
   (c) ppo      the full Gaussian-PPO training loop (``gorl fit`` machinery: TorchRL collector,
-               GAE, ClipPPOLoss updates, Lightning manual optimisation), frames / wall second,
+               GAE, clipped-PPO updates, Lightning manual optimisation), frames / wall second,
                in one process and with the batch split over ``--workers`` processes; each with
                the rate of its collection part alone (what is left is the PPO update's compute),
                and a ceiling: the loop's rate if the update cost nothing beyond its bare maths
                (same networks, minibatches, epochs and Adam in plain torch, timed here);
+               The loss is ``EncoderModule.ppo_loss`` (the default); rows with TorchRL's
+               ``ClipPPOLoss`` instead, with the preset's minibatches of 512 and with CleanRL's 64
+               (its schedule: 320 optimiser steps per 2048 frames), show what that choice buys;
   (d) gorl     the same loop in a GoRL encoder phase, acting through a 10-step flow and a
                10-step diffusion decoder.
 Each rate is printed with its ratio to (a). Timing thresholds live here, never in unit tests.
@@ -126,13 +129,14 @@ class _Clock(pl.Callback):
         self.t1, self.f1 = time.perf_counter(), module.loop_state.frames
 
 
-def loop_rate(task: str, num_envs: int, frames: int, decoder, workers: int = 1) -> tuple[float, float]:
+def loop_rate(task: str, num_envs: int, frames: int, decoder, workers: int = 1, **encoder_kw) -> tuple[float, float]:
     """(frames per wall second of a full training loop in an encoder phase acting through
-    ``decoder``, frames per second of its collection part alone)."""
+    ``decoder``, frames per second of its collection part alone). ``encoder_kw`` overrides the
+    CPU preset."""
     gorl = decoder is not IdentityDecoder
     system = GoRLSystem(
         env=EnvConfig(task=task, num_envs=num_envs // workers, num_workers=workers, eval_envs=1),
-        encoder=partial(EncoderModule, **PPO_CPU),
+        encoder=partial(EncoderModule, **{**PPO_CPU, **encoder_kw}),
         decoder=decoder,
         # One cheap evaluation (1 env, 1 step) at the start; the measured stage is frames long.
         loop=LoopConfig(stages=[frames, frames] if gorl else [frames], eval_every=1e12, eval_max_steps=1),
@@ -231,6 +235,9 @@ def main() -> None:
         loops = _median_pairs({
             "ppo": lambda: loop_rate(task, n, args.frames, IdentityDecoder),
             "ppo_w": lambda: loop_rate(task, n, args.frames, IdentityDecoder, workers=w),
+            "ppo_torchrl": lambda: loop_rate(task, n, args.frames, IdentityDecoder, loss_impl="torchrl"),
+            "mb64": lambda: loop_rate(task, n, args.frames // 4, IdentityDecoder, minibatch_size=64),
+            "mb64_torchrl": lambda: loop_rate(task, n, args.frames // 4, IdentityDecoder, minibatch_size=64, loss_impl="torchrl"),
             "flow": lambda: loop_rate(task, n, args.frames, FlowDecoder),
             "diffusion": lambda: loop_rate(task, n, args.frames, DiffusionDecoder),
         }, args.repeats)
@@ -249,6 +256,9 @@ def main() -> None:
             ("    ceiling: that collection + the update's bare maths", ceiling, 1),
             (f"(c) PPO training loop, {n} envs over {w} processes", loops["ppo_w"][0], w),
             ("    its collection alone", loops["ppo_w"][1], w),
+            ("    1 process, TorchRL's ClipPPOLoss instead", loops["ppo_torchrl"][0], 1),
+            ("(c) PPO loop, CleanRL's minibatches of 64", loops["mb64"][0], 1),
+            ("    the same with TorchRL's ClipPPOLoss", loops["mb64_torchrl"][0], 1),
         ]
         for name in ("flow", "diffusion"):
             rows.append((f"(d) GoRL loop, 10-step {name} decoder", loops[name][0], 1))

@@ -14,9 +14,9 @@ the two algorithm files show just their policy and their ratio. One update
    algorithm's clipped policy loss (:meth:`~ClippedPolicyGradient.policy_loss`) plus
    ``value_coef * (V(s) - value_target)^2``, one optimiser step each (gradient norm clipped).
 
-Our own clipped-surrogate maths (:func:`clipped_surrogate`) instead of TorchRL's ``ClipPPOLoss``:
-that loss needs a policy distribution with ``log_prob``, which a flow policy does not have and a
-denoising chain has only per step.
+The clipped surrogate is :func:`gorl.encoders.ppo.clipped_surrogate` (plain tensors), not TorchRL's
+``ClipPPOLoss``: that loss needs a policy distribution with ``log_prob``, which a flow policy does
+not have and a denoising chain has only per step.
 """
 
 from __future__ import annotations
@@ -29,44 +29,8 @@ from torchrl.modules import ValueOperator
 from torchrl.objectives.value import GAE
 
 from gorl.encoders.base import LatentEncoder, OptimizeFn
-from gorl.encoders.ppo import Critic
+from gorl.encoders.ppo import Critic, LossAndStats, clipped_surrogate, normalize  # noqa: F401  (re-exported)
 from gorl.networks import RunningNorm
-
-#: a policy loss and its diagnostics (fp32 scalars).
-LossAndStats = tuple[torch.Tensor, dict[str, torch.Tensor]]
-
-# Numerical guard only: exp(20) ~ 5e8 is far beyond any ratio the clip lets matter; without it a
-# degenerate minibatch could overflow the ratio to inf and end the run with a non-finite loss.
-MAX_LOG_RATIO = 20.0
-
-
-def clipped_surrogate(log_ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> LossAndStats:
-    """PPO's pessimistic objective ``-E[min(r A, clip(r, 1 - c, 1 + c) A)]`` with ``r = exp(log_ratio)``.
-
-    ``log_ratio`` and ``advantage`` broadcast together (DPPO: ``[n, K]`` against ``[n, 1]``); all
-    in fp32. Returns the loss and diagnostics (clip fraction, the k3 estimate of KL(old || new)).
-    """
-    log_ratio = log_ratio.float().clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    advantage = advantage.float()
-    ratio = log_ratio.exp()
-    unclipped = ratio * advantage
-    clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * advantage
-    loss = -torch.minimum(unclipped, clipped).mean()
-    with torch.no_grad():
-        stats = {
-            "clip_fraction": ((ratio - 1.0).abs() > clip).float().mean(),
-            "kl_approx": ((ratio - 1.0) - log_ratio).mean(),
-            "ratio": ratio.mean(),
-        }
-    return loss, stats
-
-
-def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit std (fp32); a single element is only centred."""
-    x = x.float()
-    centred = x - x.mean()
-    return centred / (x.std() + eps) if x.numel() > 1 else centred
-
 
 class ClippedPolicyGradient(LatentEncoder):
     """Base of the whole-policy baselines: a PPO loop around an algorithm-specific policy loss.
