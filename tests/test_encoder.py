@@ -7,6 +7,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from gorl.encoders import EncoderModule
+from gorl.errors import ConfigError
 from gorl.policy import LatentPolicy
 from gorl.prior import kl_to_standard_normal, prior_regulariser
 
@@ -130,6 +131,11 @@ def test_both_loss_implementations_train_identically():
     for key in ("loss", "loss_objective", "loss_critic", "entropy", "prior", "clip_fraction"):
         assert abs(runs["fused"][0][key] - runs["torchrl"][0][key]) < 1e-4 * max(1.0, abs(runs["torchrl"][0][key])), key
     torch.testing.assert_close(runs["fused"][1], runs["torchrl"][1], rtol=1e-3, atol=1e-5)
+
+
+def test_unknown_loss_impl_is_a_config_error():
+    with pytest.raises(ConfigError, match="loss_impl"):
+        _encoder(loss_impl="clip")
 
 
 def test_train_on_runs_end_to_end_and_reports_metrics():

@@ -37,6 +37,7 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from gorl.encoders.base import LatentEncoder, OptimizeFn
+from gorl.errors import ConfigError
 from gorl.networks import GaussianHead, gaussian_log_prob, RunningNorm, mlp, stage_value
 from gorl.prior import PriorReg, prior_regulariser
 
@@ -148,6 +149,8 @@ class EncoderModule(LatentEncoder):
         loss_impl: LossImpl = "fused",
     ) -> None:
         super().__init__()
+        if loss_impl not in ("fused", "torchrl"):
+            raise ConfigError(f"loss_impl must be 'fused' or 'torchrl', got {loss_impl!r}")
         # Explicit dict: frame inspection picks the wrong frame when jsonargparse builds us.
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.obs_dim, self.act_dim = obs_dim, act_dim
