@@ -82,7 +82,6 @@ def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return centred / (x.std() + eps) if x.numel() > 1 else centred
 
 
-
 class Critic(nn.Module):
     """State-value network on normalised observations."""
 
