@@ -18,7 +18,7 @@ The loss is TorchRL's ``ClipPPOLoss`` (``loss_impl="torchrl"``) or, by default, 
 plain tensors (``loss_impl="fused"``, :meth:`EncoderModule.ppo_loss`). Why our own: an optimiser step
 of a small-network PPO is dominated by per-call overhead on CPU, and ``ClipPPOLoss``'s TensorDict
 plumbing and extra diagnostics (ESS, explained variance, ratio extremes) cost 2.2-2.8 ms per
-minibatch on 2 cores here, 20-40% of a whole step; the PPO loop runs 1.1-1.4x faster without them
+minibatch on 2 cores here, 20-40% of a whole step; the PPO loop runs 1.0-1.5x faster without them
 (``benchmarks/RESULTS.md``). Both give the same losses and gradients (tested against each other);
 ``ClipPPOLoss`` stays the reference.
 """
