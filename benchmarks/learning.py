@@ -3,12 +3,14 @@
 Not part of the test suite (each preset takes from ~15 minutes to an hour on 2 CPU cores). Every
 preset is one ``gorl bench`` call; finished runs are skipped and interrupted ones resume, so a
 preset can be stopped and started again. Extra arguments go to ``gorl bench`` (e.g. ``--jobs 1``,
-``--out elsewhere``, ``--budget 5e6``). Both presets write to ``runs/bench``, and ``results.*`` there describe
+``--out elsewhere``, ``--budget 5e6``). All presets write to ``runs/bench``, and ``results.*`` there describe
 the latest call.
 
     python benchmarks/learning.py ppo       # Gaussian PPO (CleanRL's schedule), cheetah-run, 1M frames, 3 seeds
     python benchmarks/learning.py matrix    # GoRL (flow, diffusion) vs PPO, FPO, DPPO on
                                             # cheetah-run and hopper-stand, 1M frames, 2 seeds
+    python benchmarks/learning.py critic    # the CPU PPO preset with a 2x256 vs a 2x64 critic,
+                                            # cheetah-run, 1M frames, 6 seeds
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from gorl.bench import main as bench
 PRESETS: dict[str, list[str]] = {
     "ppo": ["--methods", "ppo-cleanrl", "--tasks", "cheetah-run", "--seeds", "0", "1", "2", "--budget", "1e6", "--jobs", "2",
             "--out", "runs/bench"],
+    "critic": ["--methods", "ppo", "ppo-c64=conf/encoder/ppo_cpu_critic64.yaml", "--tasks", "cheetah-run",
+               "--seeds", "0", "1", "2", "3", "4", "5", "--budget", "1e6", "--jobs", "2", "--out", "runs/bench"],
     "matrix": ["--methods", "ppo", "gorl-flow", "gorl-diffusion", "fpo", "dppo", "--tasks", "cheetah-run", "hopper-stand",
                "--seeds", "0", "1", "--budget", "1e6", "--jobs", "2", "--out", "runs/bench"],
 }

@@ -16,6 +16,10 @@ For each task, on the same machine and in the same process:
                The loss is ``EncoderModule.ppo_loss`` (the default); rows with TorchRL's
                ``ClipPPOLoss`` instead, with the preset's minibatches of 512 and with CleanRL's 64
                (its schedule: 320 optimiser steps per 2048 frames), show what that choice buys;
+               the update alone (the loop's time less its collection's) and its bare maths alone
+               bound the loop from above even if collection were free; a row with a 2x64 critic
+               (CleanRL's width, instead of the preset's 2x256) shows what the critic's size costs,
+               one under ``bf16-mixed`` what autocast buys on this CPU;
   (d) gorl     the same loop in a GoRL encoder phase, acting through a 10-step flow and a
                10-step diffusion decoder.
 Each rate is printed with its ratio to (a). Timing thresholds live here, never in unit tests.
@@ -129,10 +133,11 @@ class _Clock(pl.Callback):
         self.t1, self.f1 = time.perf_counter(), module.loop_state.frames
 
 
-def loop_rate(task: str, num_envs: int, frames: int, decoder, workers: int = 1, **encoder_kw) -> tuple[float, float]:
+def loop_rate(task: str, num_envs: int, frames: int, decoder, workers: int = 1, precision: str = "32-true",
+              **encoder_kw) -> tuple[float, float]:
     """(frames per wall second of a full training loop in an encoder phase acting through
-    ``decoder``, frames per second of its collection part alone). ``encoder_kw`` overrides the
-    CPU preset."""
+    ``decoder``, frames per second of its collection part alone). ``precision`` is the Trainer's;
+    ``encoder_kw`` overrides the CPU preset."""
     gorl = decoder is not IdentityDecoder
     system = GoRLSystem(
         env=EnvConfig(task=task, num_envs=num_envs // workers, num_workers=workers, eval_envs=1),
@@ -144,8 +149,11 @@ def loop_rate(task: str, num_envs: int, frames: int, decoder, workers: int = 1, 
     if gorl:
         system.loop_state.stage = 1  # act through the (untrained, full-cost) decoder from the start
     clock = _Clock(stage=system.loop_state.stage)
-    trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+    # limit_val_batches=0 as in `gorl fit` (no validation loop during fit; Lightning would otherwise
+    # warn that the empty val dataloader has zero length).
+    trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+                         num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[clock])
     trainer.fit(system)
     done = clock.f1 - clock.f0
     return done / (clock.t1 - clock.t0), done / clock.collect_s
@@ -236,6 +244,8 @@ def main() -> None:
             "ppo": lambda: loop_rate(task, n, args.frames, IdentityDecoder),
             "ppo_w": lambda: loop_rate(task, n, args.frames, IdentityDecoder, workers=w),
             "ppo_torchrl": lambda: loop_rate(task, n, args.frames, IdentityDecoder, loss_impl="torchrl"),
+            "bf16": lambda: loop_rate(task, n, args.frames, IdentityDecoder, precision="bf16-mixed"),
+            "c64_w": lambda: loop_rate(task, n, args.frames, IdentityDecoder, workers=w, critic_hidden=[64, 64]),
             "mb64": lambda: loop_rate(task, n, args.frames // 4, IdentityDecoder, minibatch_size=64),
             "mb64_torchrl": lambda: loop_rate(task, n, args.frames // 4, IdentityDecoder, minibatch_size=64, loss_impl="torchrl"),
             "flow": lambda: loop_rate(task, n, args.frames, FlowDecoder),
@@ -245,6 +255,10 @@ def main() -> None:
         frames_per_rollout = n * PPO_CPU["unroll"]
         maths_s = update_maths_seconds(task, n)
         ceiling = frames_per_rollout / (frames_per_rollout / loops["ppo"][1] + maths_s)
+        # What the update alone could absorb, with collection free: the loop's time per frame less
+        # its collection's. If this is below a target, no env-side work (nor overlapping collection
+        # with the update) can reach it.
+        update_alone = 1.0 / (1.0 / loops["ppo"][0] - 1.0 / loops["ppo"][1])
         rows = [
             ("(a) raw dm_control env.step, 1 core", raw, 1),
             (f"(a') raw, {w} processes at once", env["raww"], w),
@@ -254,9 +268,13 @@ def main() -> None:
             (f"(c) PPO training loop, {n} envs (collect + update)", loops["ppo"][0], 1),
             ("    its collection alone (policy + env + collector)", loops["ppo"][1], 1),
             ("    ceiling: that collection + the update's bare maths", ceiling, 1),
+            ("    its update alone (loop time less collection)", update_alone, 1),
+            ("    the update's bare maths alone", frames_per_rollout / maths_s, 1),
             (f"(c) PPO training loop, {n} envs over {w} processes", loops["ppo_w"][0], w),
             ("    its collection alone", loops["ppo_w"][1], w),
             ("    1 process, TorchRL's ClipPPOLoss instead", loops["ppo_torchrl"][0], 1),
+            ("    1 process, bf16-mixed autocast", loops["bf16"][0], 1),
+            (f"    {w} processes, a 2x64 critic (CleanRL's width)", loops["c64_w"][0], w),
             ("(c) PPO loop, CleanRL's minibatches of 64", loops["mb64"][0], 1),
             ("    the same with TorchRL's ClipPPOLoss", loops["mb64_torchrl"][0], 1),
         ]
