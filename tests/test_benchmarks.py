@@ -11,7 +11,7 @@ from gorl.decoders import IdentityDecoder
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-throughput = pytest.importorskip("throughput")
+import throughput  # noqa: E402  (benchmarks/ is scripts, not a package)
 
 
 @pytest.mark.parametrize("kw", [{}, {"precision": "bf16-mixed"}, {"critic_hidden": [64, 64]}], ids=["fp32", "bf16", "critic64"])
