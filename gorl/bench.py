@@ -59,20 +59,28 @@ def _dec(name: str) -> list[str]:
     return ["--model.decoder", str(CONF / "decoder" / f"{name}.yaml")]
 
 
-# The CPU comparison: every PPO-based method shares the CPU PPO settings (conf/encoder/ppo_cpu.yaml),
-# GoRL adds the KL prior regulariser (authors' beta) and a decoder; FPO and DPPO use the paper's
-# baseline settings (conf/encoder/fpo.yaml, dppo.yaml); SAC methods use conf/encoder/sac.yaml.
-_GORL_PRIOR = ["--model.encoder.prior_reg", "kl", "--model.encoder.prior_coef", "[5e-4, 1e-3]"]
+# The CPU comparison: every PPO-based method shares the CPU PPO settings (conf/encoder/ppo_cpu.yaml).
+# GoRL adds the authors' prior regulariser (their code's l2 form and beta) and a CPU decoder
+# (conf/decoder/*_cpu.yaml, refits of conf/refinement/cpu.yaml through bench.yaml). GoRL-diffusion
+# follows their current diffusion recipe on top (configs/methods/gorl_diffusion.toml @8a0209c): warm
+# start from the finished stage's best agent, the pairwise term, clip 0.15 after stage 0 and the
+# learning rate cut as theirs (1e-3 -> 3e-4 -> 1e-4 is x0.3 in stage 1 and x0.1 after; here of
+# ppo_cpu's 3e-4). GoRL-flow restarts the encoder fresh each stage, as their flow recipe does.
+# FPO and DPPO use the paper's baseline settings (conf/encoder/fpo.yaml, dppo.yaml); SAC methods use
+# conf/encoder/sac.yaml.
+_GORL_PRIOR = ["--model.encoder.prior_reg", "l2", "--model.encoder.prior_coef", "[5e-4, 1e-3]"]
+_DIFFUSION_RECIPE = ["--model.encoder.reset", "[fresh, warm]", "--model.encoder.lr", "[3e-4, 9e-5, 3e-5]",
+                     "--model.encoder.clip_epsilon", "[0.2, 0.15]", "--model.refinement.pairwise_weight", "1e-3"]
 METHODS: dict[str, Method] = {
     "ppo": Method(_enc("ppo_cpu") + _dec("identity")),
-    "gorl-flow": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("flow"), GORL_STAGES),
-    "gorl-diffusion": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("diffusion"), GORL_STAGES),
+    "gorl-flow": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("flow_cpu"), GORL_STAGES),
+    "gorl-diffusion": Method(_enc("ppo_cpu") + _GORL_PRIOR + _dec("diffusion_cpu") + _DIFFUSION_RECIPE, GORL_STAGES),
     "ppo-cleanrl": Method(_enc("ppo_cleanrl") + _dec("identity") + ["--model.env.num_envs", "8"]),
     "ppo-paper": Method(_enc("ppo_baseline") + _dec("identity")),
     "fpo": Method(_enc("fpo") + _dec("identity")),
     "dppo": Method(_enc("dppo") + _dec("identity")),
     "sac": Method(_enc("sac") + _dec("identity") + ["--model.encoder.prior_reg", "none", "--model.env.num_envs", "16"]),
-    "gorl-sac": Method(_enc("sac") + _dec("flow") + ["--model.env.num_envs", "16"], GORL_STAGES),
+    "gorl-sac": Method(_enc("sac") + _dec("flow_cpu") + ["--model.env.num_envs", "16"], GORL_STAGES),
 }
 
 
@@ -113,6 +121,28 @@ def _rows(run_dir: Path) -> list[dict]:
     return rows + list(csv.DictReader((run_dir / "metrics.csv").open()))
 
 
+def stage_records(rows: list[dict]) -> list[dict]:
+    """Per stage: initial (right after the boundary, before any update), best and final evaluation
+    return, and the refit that ended the stage before it (steps, seconds, best validation loss)."""
+    stages: dict[int, dict] = {}
+    for r in rows:
+        if not r.get("loop/stage"):
+            continue
+        rec = stages.setdefault(int(float(r["loop/stage"])), {"initial": None, "evals": []})
+        if r.get("stage/initial_return"):
+            rec["initial"] = float(r["stage/initial_return"])
+            for key in ("fit_steps", "fit_seconds", "best_val_loss"):
+                if r.get(f"stage/{key}"):
+                    rec[key] = float(r[f"stage/{key}"])
+        if r.get("eval/return"):
+            rec["evals"].append(float(r["eval/return"]))
+    out = []
+    for stage, rec in sorted(stages.items()):
+        evals = rec.pop("evals")
+        out.append({"stage": stage, **rec, "best": max(evals) if evals else None, "final": evals[-1] if evals else None})
+    return out
+
+
 def read_run(run_dir: Path) -> dict | None:
     """The finished run's results, or None if it has not finished."""
     done, metrics = run_dir / "done.json", run_dir / "metrics.csv"
@@ -121,7 +151,8 @@ def read_run(run_dir: Path) -> dict | None:
     rows = _rows(run_dir)
     curve = [(float(r["loop/frames"]), float(r["eval/return"])) for r in rows if r.get("eval/return") and r.get("loop/frames")]
     collect = max((float(r["loop/collect_frames"]) for r in rows if r.get("loop/collect_frames")), default=0.0)
-    return {"final_return": curve[-1][1], "curve": curve, "decoder_data_frames": collect, **json.loads(done.read_text())}
+    return {"final_return": curve[-1][1], "curve": curve, "decoder_data_frames": collect, "stages": stage_records(rows),
+            **json.loads(done.read_text())}
 
 
 def prepare_resume(run_dir: Path) -> Path | None:
@@ -164,11 +195,18 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
         cmd += ["--ckpt_path", str(ckpt)]
     print(f"[bench] {name} {task} seed {seed}: " + (f"resuming from {ckpt}" if ckpt else "running"), flush=True)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if res.returncode != 0:
-        tail = [line for line in res.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
-        raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); command: {' '.join(cmd)}")
+    # The run's own output ([gorl] lines, the per-stage table) stays beside its metrics, every part
+    # of a resumed run appended.
     run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "gorl.log"
+    with log_path.open("a") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {' '.join(cmd)}\n")
+        log.flush()
+        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    if res.returncode != 0:
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+        tail = [line for line in lines if line.startswith("gorl: error")][-1:] or lines[-1:] or ["(no output)"]
+        raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); its log: {log_path}")
     resumed = _resumed(run_dir)
     (run_dir / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "command": cmd, "resumed_from": resumed}))
     got = read_run(run_dir)
@@ -194,6 +232,32 @@ def table(results: dict[tuple[str, str], list[dict]], budget: float) -> str:
     if "†" in "".join(lines):
         lines += ["", "† some runs were resumed from a checkpoint; their wall time counts the last part only."]
     return "\n".join(lines) + "\n"
+
+
+def stage_table(results: dict[tuple[str, str], list[dict]]) -> str:
+    """Per method, task and stage: initial / best / final evaluation return, mean over seeds (per
+    seed in brackets), and the mean decoder fit that preceded the stage."""
+    lines = ["| task | method | stage | initial | best | final | decoder fit before the stage |", "|---|---|---|---|---|---|---|"]
+
+    def cell(values: list) -> str:
+        got = [v for v in values if v is not None]
+        if not got:
+            return "-"
+        per = "" if len(got) == 1 else " (" + ", ".join(_fmt(v) for v in got) + ")"
+        return _fmt(statistics.mean(got)) + per
+
+    for (method, task), runs in results.items():
+        n_stages = max(len(r.get("stages", [])) for r in runs)
+        if n_stages < 2:
+            continue
+        for k in range(n_stages):
+            recs = [r["stages"][k] for r in runs if len(r.get("stages", [])) > k]
+            steps = [rec.get("fit_steps") for rec in recs if rec.get("fit_steps") is not None]
+            secs = [rec.get("fit_seconds") for rec in recs if rec.get("fit_seconds") is not None]
+            fit = f"{statistics.mean(steps):,.0f} steps, {statistics.mean(secs):.0f} s" if steps and secs else "-"
+            lines.append(f"| {task} | {method} | {k} | {cell([r.get('initial') for r in recs])} | {cell([r.get('best') for r in recs])} | "
+                         f"{cell([r.get('final') for r in recs])} | {fit} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -233,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(
         {"budget": args.budget, "seeds": args.seeds, "runs": [{"method": n, "task": t, "seed": s, **outcomes[(n, t, s)]} for n, t, s in cells]}, indent=1))
     md = table(results, args.budget)
+    stages = stage_table(results)
+    if stages:
+        md += "\nPer stage (initial: evaluated right after the refit and reset, before any encoder update):\n\n" + stages
     (out / "results.md").write_text(md)
     print("\n" + md)
     from gorl.analysis.plots import plot_runs

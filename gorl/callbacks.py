@@ -16,19 +16,20 @@ from gorl.errors import NonFiniteError
 
 
 class FrameCheckpoint(ModelCheckpoint):
-    """Write ``last.ckpt`` every ``every_frames`` env frames, every ``every_decoder_epochs`` epochs
-    of a decoder refinement, at every phase change and at the end.
+    """Write ``last.ckpt`` every ``every_frames`` env frames, every ``every_decoder_rounds``
+    validation rounds of a decoder fit, at every phase change and at the end.
 
     Args:
         every_frames: env frames between periodic checkpoints.
-        every_decoder_epochs: decoder-fitting epochs between checkpoints during a refinement.
+        every_decoder_rounds: decoder-fit rounds (``refinement.val_every`` steps each) between
+            checkpoints during a refinement.
         dirpath: where checkpoints go (default: ``<log dir>/checkpoints``).
     """
 
-    def __init__(self, every_frames: float = 1e6, every_decoder_epochs: int = 10, dirpath: str | None = None) -> None:
+    def __init__(self, every_frames: float = 1e6, every_decoder_rounds: int = 10, dirpath: str | None = None) -> None:
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, save_on_train_epoch_end=False)
         self.every_frames = every_frames
-        self.every_decoder_epochs = every_decoder_epochs
+        self.every_decoder_rounds = every_decoder_rounds
         self._last_frames = 0
         self._last_phase: tuple[int, str] | None = None
 
@@ -45,7 +46,7 @@ class FrameCheckpoint(ModelCheckpoint):
         if self._last_phase is None:
             self._last_phase, self._last_frames = phase, st.frames
         fit = getattr(pl_module, "fit_state", None)
-        decoder_due = fit is not None and fit.epoch > 0 and not fit.done and fit.epoch % self.every_decoder_epochs == 0
+        decoder_due = fit is not None and fit.rounds > 0 and not fit.done and fit.rounds % self.every_decoder_rounds == 0
         due = st.frames - self._last_frames >= self.every_frames or phase != self._last_phase or decoder_due
         if due and st.phase != "done":
             self._save_now(trainer)

@@ -7,6 +7,10 @@
 - the progress bar counts env frames against the budget (:mod:`gorl.progress`), not batches;
 - ``gorl validate --config X --ckpt_path C`` scores a checkpoint's deterministic policy, and
   ``--video true`` adds an MP4 of one episode (:mod:`gorl.video`); rendering is off otherwise;
+- a config may start from others: ``defaults: [recipes/gorl_fm.yaml]`` (paths relative to the
+  file) applies those first and this file's keys on top, as jsonargparse does for repeated
+  ``--config`` (:func:`expand_defaults`). That is how a paper recipe reads: method default, then
+  task override, then (inside per-stage lists) stage override;
 - bad input (unknown key, wrong type, unknown task, bad checkpoint path) ends with one line
   ``gorl: error: ...`` and exit code 2, before any env is built where the config allows it.
 """
@@ -21,7 +25,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 # MuJoCo's GL backend matters only for --video (gorl/video.py), so the CLI keeps it off otherwise,
 # whatever MUJOCO_GL says: mujoco and dm_control load the backend at import, and a missing one
@@ -152,6 +156,8 @@ class GoRLSaveConfig(SaveConfigCallback):
 class GoRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("seed_everything", "model.seed")
+        parser.add_argument("--defaults", type=Optional[list[str]], default=None,
+                            help="configs this one builds on, applied first (paths relative to the config file; gorl.cli.expand_defaults)")
         parser.add_lightning_class_args(FrameCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ActionDistributionLogger, "distributions")
         parser.add_argument(
@@ -220,6 +226,56 @@ class GoRLCLI(LightningCLI):
         super()._parse_ckpt_path()
 
 
+def _config_defaults(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
+    """The configs ``path`` builds on (its ``defaults:`` list, recursively, bases first)."""
+    import yaml
+
+    path = path.resolve()
+    if path in seen:
+        raise GoRLError(f"config {path}: its defaults form a cycle ({' -> '.join(str(p) for p in seen + (path,))})")
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as err:
+        raise GoRLError(f"config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    bases = data.get("defaults") if isinstance(data, dict) else None
+    if bases is None:
+        return []
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise GoRLError(f"config {path}: defaults must be a list of config paths, got {bases!r}")
+    out: list[Path] = []
+    for base in bases:
+        base_path = (path.parent / base).resolve()
+        if not base_path.is_file():
+            raise GoRLError(f"config {path}: defaults entry {base!r} does not exist ({base_path})")
+        out += _config_defaults(base_path, seen + (path,)) + [base_path]
+    return out
+
+
+def expand_defaults(argv: list[str]) -> list[str]:
+    """``--config X`` where X has ``defaults: [A, B]`` becomes ``--config A --config B --config X
+    --defaults null`` (each base expanded the same way first). The trailing ``--defaults null``
+    keeps the saved ``config.yaml`` of a run self-contained: it already holds the merged values."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        value = None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            value, step = argv[i + 1], 2
+        elif arg.startswith("--config="):
+            value, step = arg.split("=", 1)[1], 1
+        if value is None:
+            out.append(arg)
+            i += 1
+            continue
+        bases = _config_defaults(Path(value))
+        for base in bases:
+            out += ["--config", str(base)]
+        out += ["--config", value] + (["--defaults", "null"] if bases else [])
+        i += step
+    return out
+
+
 def _finish_wandb() -> None:
     """Close a W&B run explicitly: at interpreter exit its service may already be gone, and the
     offline run would miss its final records."""
@@ -236,6 +292,9 @@ def main(args: list[str] | None = None) -> None:
         bench(argv[1:])
         return
     try:
+        argv = expand_defaults(argv)
+        if args is None:
+            sys.argv[1:] = argv  # LightningCLI reads sys.argv; given both, it warns
         GoRLCLI(
             GoRLSystem,
             parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
@@ -243,7 +302,7 @@ def main(args: list[str] | None = None) -> None:
             seed_everything_default=0,
             save_config_callback=GoRLSaveConfig,
             save_config_kwargs={"overwrite": True},
-            args=args,
+            args=None if args is None else argv,
         )
         _finish_wandb()
     except GoRLError as err:

@@ -7,8 +7,12 @@ Everything a resumed run needs to carry on mid-stage is in :meth:`LoopState.stat
 Plan, for ``stages = [F0, F1, ...]`` (encoder-phase env frames per stage)::
 
     stage 0: encoder phase (identity decoder) for F0 frames
-    stage k >= 1: refine decoder (collect -> fit) -> reset encoder -> encoder phase for Fk frames
+    stage k >= 1: refine decoder (collect -> fit) -> reset encoder -> evaluate ("initial return")
+                  -> encoder phase for Fk frames
     done
+
+What happens at a stage boundary lives in :mod:`gorl.boundary`; the per-stage record it keeps
+(initial / best / final return, frames, decoder fit) is ``LoopState.history``.
 
 Frames counted here are encoder-phase frames (the paper's budget); frames spent collecting the
 decoder's dataset are counted separately in ``collect_frames``.
@@ -31,12 +35,17 @@ class LoopConfig:
     Attributes:
         stages: encoder-phase env frames per stage (``[60e6, 60e6, 30e6, 30e6]`` in the paper;
             one entry = plain Gaussian PPO). Floats are accepted (``1e6``).
-        eval_every: env frames between deterministic evaluations (each phase also ends with one).
+        eval_every: env frames between deterministic evaluations (each phase also ends with one,
+            and every stage after the first starts with one).
+        evals_per_stage: if set, evaluate this many times per stage instead, evenly over its
+            frames (the authors: ``num_evals = 10`` per stage, the best of which is the stage's
+            agent); ``eval_every`` is then ignored.
         eval_max_steps: step cap of an evaluation episode.
     """
 
     stages: list[float] = field(default_factory=lambda: [60e6, 60e6, 30e6, 30e6])
     eval_every: float = 1e6
+    evals_per_stage: int | None = None
     eval_max_steps: int = 1000
 
     def __post_init__(self) -> None:
@@ -44,6 +53,14 @@ class LoopConfig:
             raise ConfigError(f"loop.stages must be a non-empty list of positive frame counts, got {self.stages}")
         if self.eval_every <= 0:
             raise ConfigError(f"loop.eval_every must be > 0, got {self.eval_every}")
+        if self.evals_per_stage is not None and self.evals_per_stage < 1:
+            raise ConfigError(f"loop.evals_per_stage must be >= 1 or null, got {self.evals_per_stage}")
+
+    def eval_interval(self, stage: int) -> float:
+        """Env frames between evaluations in ``stage``."""
+        if self.evals_per_stage is None:
+            return self.eval_every
+        return self.stages[stage] / self.evals_per_stage
 
     @property
     def total_frames(self) -> int:
@@ -62,6 +79,8 @@ class LoopState:
     last_eval_frames: int = -1
     best_return: float = float("-inf")  # best deterministic eval return of this stage
     iteration: int = 0
+    # One record per stage (gorl.boundary.StageRecord as a dict): plain numbers, so it checkpoints.
+    history: list[dict] = field(default_factory=list)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +94,7 @@ class LoopState:
         return self.stage_frames >= int(cfg.stages[self.stage])
 
     def eval_due(self, cfg: LoopConfig) -> bool:
-        return self.last_eval_frames < 0 or self.frames - self.last_eval_frames >= cfg.eval_every
+        return self.last_eval_frames < 0 or self.frames - self.last_eval_frames >= cfg.eval_interval(self.stage)
 
     def end_encoder_phase(self, cfg: LoopConfig) -> Phase:
         self.phase = "done" if self.stage + 1 >= len(cfg.stages) else "decoder"

@@ -40,9 +40,16 @@ class RunningNorm(nn.Module):
         self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, batch_only_var: bool = False) -> None:
         """Merge a batch; in a multi-process run the batch is the union of every rank's batch, so
-        all ranks keep identical statistics."""
+        all ranks keep identical statistics.
+
+        ``batch_only_var`` reproduces the authors' ``legacy_batch_only`` accumulation
+        (``RunningStats.update_legacy_batch_only`` in their ``src/flow_policy/math_utils.py``): the
+        mean is the running mean, but the sum of squared deviations is the *batch's* alone,
+        ``sum((x - old mean)(x - new mean))``, still divided by the cumulative count, so the std
+        shrinks as a stage goes on. Kept for the recipe cells that use it, not as a sound estimator.
+        """
         from gorl.distributed import all_reduce_sum_
 
         x = x.reshape(-1, x.shape[-1]).to(torch.float64)
@@ -55,8 +62,13 @@ class RunningNorm(nn.Module):
         b_var = (moments[1 + dim :] / n - b_mean.pow(2)).clamp_min(0.0)
         total = self.count + n
         delta = b_mean - self.mean
-        self.mean += delta * n / total
-        self.var.copy_((self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total) / total)
+        new_mean = self.mean + delta * n / total
+        if batch_only_var:
+            # sum((x - m0)(x - m1)) = n * b_var + n * (b_mean - m0)(b_mean - m1)
+            self.var.copy_((b_var * n + n * (b_mean - self.mean) * (b_mean - new_mean)).clamp_min(0.0) / total)
+        else:
+            self.var.copy_((self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total) / total)
+        self.mean.copy_(new_mean)
         self.count.fill_(total)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,11 +104,16 @@ class ActionSquash(nn.Module):
         return self.low + (torch.tanh(pre_tanh) + 1.0) * 0.5 * (self.high - self.low)
 
 
+def stage_item(value, stage: int):
+    """Per-stage settings: a single value, or a list whose last entry holds for all later stages."""
+    if isinstance(value, (list, tuple)):
+        return value[min(stage, len(value) - 1)]
+    return value
+
+
 def stage_value(value: float | Sequence[float], stage: int) -> float:
-    """Per-stage schedules: a scalar, or a list whose last entry holds for all later stages."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    return float(value[min(stage, len(value) - 1)])
+    """A numeric per-stage schedule (see :func:`stage_item`) as a float."""
+    return float(stage_item(value, stage))
 
 
 MIN_STD, MAX_STD = 1e-3, 10.0

@@ -58,8 +58,7 @@ class GoRLProgressBar(TQDMProgressBar):
         metrics = {**extra, **getattr(module, "latest", {})}
         fit = getattr(module, "fit_state", None)
         if st.phase == "decoder":
-            epochs = module.refine_cfg.epochs
-            desc = f"stage {st.stage} decoder: collecting" if fit is None else f"stage {st.stage} decoder: epoch {fit.epoch}/{epochs}"
+            desc = f"stage {st.stage} decoder: collecting" if fit is None else f"stage {st.stage} decoder: step {fit.steps:,}/{fit.total_steps:,}"
         else:
             desc = "done" if st.phase == "done" else f"stage {st.stage} encoder"
         post = []

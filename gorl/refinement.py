@@ -4,20 +4,31 @@ At the end of an encoder phase (the system drives these steps, one per ``trainin
 
 1. **collect** — with the stage's best encoder restored and frozen, roll out *stochastic* latents
    through the current decoder and keep ``(observation, pre-tanh action)`` pairs with their episode
-   id and reward. The latent that produced an action is deliberately dropped here: the decoder is
-   fitted from fresh prior noise, never from the rollout latent (:func:`decoder_pairs`).
+   id and reward. The decoder is fitted from fresh prior noise, never from the rollout latent
+   (:func:`decoder_pairs`). The one exception is the authors' *pairwise term* of their current
+   diffusion recipe (``pairwise_weight > 0``): ``weight * |decode(s, z_rollout) - a|^2`` ties the
+   latent that produced an action to that action, so that a warm-started encoder keeps its meaning
+   through the new decoder. Only then is the rollout latent kept; with weight 0 the fit never sees it.
 2. **split** by episode: ``val_fraction`` of the episodes validate, the rest train (optionally only
-   the top-q episodes by return are kept, off by default as in the authors' code).
-3. **fit** a fresh (or warm-started) decoder with Adam for up to ``epochs`` epochs, early stopping
-   on validation loss with ``patience``, and keep the best-validation weights.
+   the top-q episodes by return are kept, off by default as in the authors' code). Pre-tanh targets
+   are clipped to ``+-target_clip`` (theirs: 3).
+3. **fit** a fresh (or warm-started) decoder with Adam for a fixed number of optimiser ``steps``
+   (batches drawn with replacement), validating every ``val_every`` steps and keeping the
+   best-validation weights: the authors' current flow recipe (``configs/methods/gorl_fm.toml``:
+   ``train_steps = 50000``, ``batch_sampling = "with_replacement"``, ``checkpoint_metric =
+   "val_loss"``). Epochs remain an alternative unit (``epochs``: that many passes' worth of steps,
+   their diffusion recipe's ``epochs = 50``). Early stopping (``patience``) is optional and off by
+   default: a fit measured in steps runs its steps.
+
+The fit advances one *round* (``val_every`` optimiser steps and one validation) per iteration, so a
+run checkpoints and reports progress inside a long fit.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -31,6 +42,7 @@ from gorl.errors import ConfigError
 # (loss) -> None: backward + step with the system's decoder optimiser.
 StepFn = Callable[[torch.Tensor], None]
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
+Metric = Literal["val_loss", "val_endpoint_mse"]
 
 
 @dataclass
@@ -42,10 +54,24 @@ class RefinementConfig:
             1000 steps, about 4.1M frames).
         episodes: if set, collect until this many episodes have *finished* instead (the frames it
             took are still counted); ``transitions`` is then ignored.
-        val_fraction: fraction of *episodes* held out for validation / early stopping.
-        epochs: maximum passes over the training set.
-        patience: epochs without a validation improvement before stopping.
-        batch_size: minibatch size.
+        val_fraction: fraction of *episodes* held out for validation.
+        steps: optimiser steps per fit (the authors' flow recipe: 50,000). ``null`` to count in
+            ``epochs`` instead; exactly one of the two is set.
+        epochs: the alternative unit: ``epochs * max(1, train size // batch_size)`` steps (the
+            authors' ``train_steps_from_epochs``).
+        val_every: optimiser steps between validations (theirs: 100); in epoch mode, ``null``
+            validates once per epoch.
+        patience: validations without improvement before stopping early; ``null`` (default) = off.
+        batch_size: minibatch size; batches are drawn with replacement.
+        val_samples: validation pairs scored per validation, evenly spaced (theirs: 8 x 8192;
+            ``null`` = all).
+        target_clip: pre-tanh action targets are clipped to ``+-target_clip`` (theirs: 3.0;
+            ``null`` = no clip, their HopperStand flow recipe).
+        pairwise_weight: weight of the pairwise term ``|decode(s, z_rollout) - a|^2`` (their
+            diffusion recipe: 1e-3; 0 = off, the rollout latent is then never kept).
+        checkpoint_metric: what picks the kept weights: ``val_loss`` (the generative loss) or
+            ``val_endpoint_mse`` (their FingerSpin / FishSwim flow recipes; see
+            :func:`endpoint_mse`).
         top_q: keep only this fraction of episodes, ranked by return (``null`` = keep all).
         warm_start: start from the current decoder instead of a fresh one.
     """
@@ -53,9 +79,15 @@ class RefinementConfig:
     transitions: int = 4_096_000
     episodes: int | None = None
     val_fraction: float = 0.1
-    epochs: int = 50
-    patience: int = 20
+    steps: int | None = 50_000
+    epochs: int | None = None
+    val_every: int | None = 100
+    patience: int | None = None
     batch_size: int = 8192
+    val_samples: int | None = 65_536
+    target_clip: float | None = 3.0
+    pairwise_weight: float = 0.0
+    checkpoint_metric: Metric = "val_loss"
     top_q: float | None = None
     warm_start: bool = False
 
@@ -66,37 +98,76 @@ class RefinementConfig:
             raise ConfigError(f"refinement.top_q must be in (0, 1] or null, got {self.top_q}")
         if self.episodes is not None and self.episodes < 1:
             raise ConfigError(f"refinement.episodes must be >= 1 or null, got {self.episodes}")
-        if self.transitions < 2 or self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("refinement.transitions, epochs and batch_size must be positive")
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError(f"set exactly one of refinement.steps and refinement.epochs (the other null), got steps={self.steps}, epochs={self.epochs}")
+        for name in ("steps", "epochs", "val_every", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"refinement.{name} must be >= 1 or null, got {value}")
+        if self.steps is not None and self.val_every is None:
+            raise ConfigError("refinement.val_every must be set when the fit is measured in steps")
+        if self.transitions < 2 or self.batch_size < 1:
+            raise ConfigError(f"refinement.transitions must be >= 2 and batch_size >= 1, got {self.transitions}, {self.batch_size}")
+        if self.target_clip is not None and self.target_clip <= 0:
+            raise ConfigError(f"refinement.target_clip must be > 0 or null (no clip), got {self.target_clip}")
+        if self.pairwise_weight < 0:
+            raise ConfigError(f"refinement.pairwise_weight must be >= 0, got {self.pairwise_weight}")
+        if self.checkpoint_metric not in ("val_loss", "val_endpoint_mse"):
+            raise ConfigError(f"refinement.checkpoint_metric must be val_loss or val_endpoint_mse, got {self.checkpoint_metric!r}")
+
+    @property
+    def keeps_latent(self) -> bool:
+        """Whether the fit needs the rollout latent (only for the pairwise term)."""
+        return self.pairwise_weight > 0
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimiser steps of a fit on ``n_train`` training pairs."""
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * max(1, n_train // min(self.batch_size, max(n_train, 1)))
+
+    def round_steps(self, n_train: int) -> int:
+        """Optimiser steps between two validations."""
+        if self.val_every is not None:
+            return self.val_every
+        return max(1, n_train // min(self.batch_size, max(n_train, 1)))
 
 
-def decoder_pairs(rollout: TensorDictBase) -> TensorDict:
-    """The only view of a rollout a decoder is trained on: observation and pre-tanh action.
+def decoder_pairs(rollout: TensorDictBase, keep_latent: bool = False) -> TensorDict:
+    """The view of a rollout a decoder is trained on: observation and pre-tanh action.
 
-    The rollout's ``latent`` is not carried over, by construction.
+    The rollout's ``latent`` is carried over only with ``keep_latent`` (the pairwise term).
     """
     flat = rollout.reshape(-1)
-    return TensorDict(
-        {
-            "observation": flat["observation"],
-            "action": flat["pre_tanh"],
-            "episode": flat["collector", "traj_ids"].reshape(-1),
-            "reward": flat["next", "reward"].reshape(-1),
-        },
-        batch_size=flat.shape,
-    )
+    entries = {
+        "observation": flat["observation"],
+        "action": flat["pre_tanh"],
+        "episode": flat["collector", "traj_ids"].reshape(-1),
+        "reward": flat["next", "reward"].reshape(-1),
+    }
+    if keep_latent:
+        entries["latent"] = flat["latent"]
+    return TensorDict(entries, batch_size=flat.shape)
 
 
-def collect(batches: Iterator[TensorDictBase], frames: int, episodes: int | None = None) -> tuple[TensorDict, int]:
+def collect(batches: Iterator[TensorDictBase], frames: int, episodes: int | None = None, keep_latent: bool = False) -> tuple[TensorDict, int]:
     """Pairs from collector batches until ``frames`` env frames are gathered (or, with
     ``episodes``, until that many episodes have finished); returns (data, frames)."""
     parts, got, finished = [], 0, 0
     while (got < frames) if episodes is None else (finished < episodes):
         batch = next(batches)
-        parts.append(decoder_pairs(batch))
+        parts.append(decoder_pairs(batch, keep_latent))
         got += batch.numel()
         finished += int(batch["next", "done"].sum())
     return torch.cat(parts), got
+
+
+def clip_targets(data: TensorDict, clip: float | None) -> TensorDict:
+    """Pre-tanh targets clipped to ``+-clip`` (tanh(3) = 0.995: beyond it only the tail of a
+    saturated Gaussian lives, and unbounded targets dominate a squared loss)."""
+    if clip is not None:
+        data["action"] = data["action"].clamp(-clip, clip)
+    return data
 
 
 def top_q_episodes(data: TensorDict, q: float) -> TensorDict:
@@ -123,69 +194,143 @@ def split_by_episode(data: TensorDict, val_fraction: float, generator: torch.Gen
     return data[~mask], data[mask]
 
 
+def pairwise_loss(decoder: DecoderModule, obs: torch.Tensor, latent: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """``|decode(s, z_rollout) - a|^2`` summed over action dims, through the whole sampler."""
+    return (decoder.decode(obs, latent).float() - action.float()).pow(2).sum(-1).mean()
+
+
 class DecoderFit:
-    """Epoch-by-epoch fitting with early stopping; its state survives checkpoints."""
+    """A fit of a fixed number of optimiser steps in rounds; its state survives checkpoints.
+
+    Each :meth:`step` runs one round (``round_steps`` optimiser steps on batches drawn with
+    replacement, then a validation) and keeps the best-validation weights.
+    """
 
     def __init__(self, cfg: RefinementConfig, train: TensorDict, val: TensorDict) -> None:
         self.cfg = cfg
-        self.train = train.select("observation", "action")
-        self.val = val.select("observation", "action")
-        self.epoch = 0
+        keys = ("observation", "action", "latent") if cfg.keeps_latent else ("observation", "action")
+        self.train = train.select(*keys)
+        self.val = val.select(*keys)
+        self.total_steps = cfg.total_steps(len(self.train))
+        self.steps = 0
+        self.rounds = 0
         self.best_val = float("inf")
-        self.bad_epochs = 0
+        self.best_step = 0
+        self.bad_rounds = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.done = False
 
-    def step(self, decoder: DecoderModule, optimize: StepFn, reduce: ReduceFn = lambda x: x) -> dict[str, float]:
-        """One training epoch and one validation pass; updates the early-stopping state."""
-        decoder.train()
-        n, bs = len(self.train), self.cfg.batch_size
-        perm = torch.randperm(n)
-        # Every rank must take the same number of optimiser steps (each one all-reduces gradients).
-        n_batches = min_over_ranks(math.ceil(n / bs))
-        total, count = 0.0, 0
-        for b in range(n_batches):
-            batch = self.train[perm[b * bs : (b + 1) * bs]].to(decoder.device)
-            loss = decoder.loss(batch["observation"], batch["action"])
-            optimize(loss)
-            total += float(loss.detach()) * len(batch)
-            count += len(batch)
-        val_loss = float(reduce(validation_loss(decoder, self.val, bs)))
-        self.epoch += 1
-        if val_loss < self.best_val:
-            self.best_val, self.bad_epochs = val_loss, 0
+    def validate(self, decoder: DecoderModule, reduce: ReduceFn = lambda x: x) -> dict[str, float]:
+        """Score the decoder as it is now and keep it if it is the best so far."""
+        cfg = self.cfg
+        metrics = {"val_loss": float(reduce(validation_loss(decoder, self.val, cfg.batch_size, cfg.val_samples, cfg.pairwise_weight)))}
+        if cfg.checkpoint_metric == "val_endpoint_mse":
+            metrics["val_endpoint_mse"] = float(reduce(endpoint_mse(decoder, self.val, cfg.batch_size)))
+        score = metrics[cfg.checkpoint_metric]
+        if score < self.best_val:
+            self.best_val, self.best_step, self.bad_rounds = score, self.steps, 0
             self.best_state = copy.deepcopy(decoder.state_dict())
         else:
-            self.bad_epochs += 1
-        self.done = self.epoch >= self.cfg.epochs or self.bad_epochs >= self.cfg.patience
-        return {"train_loss": total / max(count, 1), "val_loss": val_loss, "best_val_loss": self.best_val, "epoch": self.epoch}
+            self.bad_rounds += 1
+        return metrics
+
+    def step(self, decoder: DecoderModule, optimize: StepFn, reduce: ReduceFn = lambda x: x) -> dict[str, float]:
+        """One round: optimiser steps, then one validation; updates the best-weights state.
+
+        The first round first scores the untrained decoder (step 0), so the kept weights are never
+        worse on validation than where the fit started (the authors validate at step 0 too)."""
+        if self.steps == 0 and self.best_state is None:
+            self.validate(decoder, reduce)
+            self.bad_rounds = 0
+        decoder.train()
+        cfg, n = self.cfg, len(self.train)
+        # Every rank must take the same number of optimiser steps (each one all-reduces gradients).
+        todo = min_over_ranks(min(cfg.round_steps(n), self.total_steps - self.steps))
+        bs = min(cfg.batch_size, n)
+        total, pair_total = torch.zeros(()), torch.zeros(())
+        for _ in range(todo):
+            idx = torch.randint(0, n, (bs,))
+            batch = self.train[idx].to(decoder.device)
+            loss = decoder.loss(batch["observation"], batch["action"])
+            total += loss.detach().float().cpu()
+            if cfg.pairwise_weight > 0:
+                pair = pairwise_loss(decoder, batch["observation"], batch["latent"], batch["action"])
+                pair_total += pair.detach().float().cpu()
+                loss = loss + cfg.pairwise_weight * pair
+            optimize(loss)
+        self.steps += todo
+        self.rounds += 1
+        metrics = {"train_loss": float(total) / max(todo, 1), "step": self.steps, **self.validate(decoder, reduce)}
+        if cfg.pairwise_weight > 0:
+            metrics["train_pairwise"] = float(pair_total) / max(todo, 1)
+        stopped = cfg.patience is not None and self.bad_rounds >= cfg.patience
+        self.done = self.steps >= self.total_steps or stopped
+        metrics.update(best_val=self.best_val, best_step=self.best_step)
+        return metrics
 
     def state_dict(self) -> dict:
         return {
             "train": self.train.to_dict(),
             "val": self.val.to_dict(),
-            "epoch": self.epoch,
-            "best_val": self.best_val,
-            "bad_epochs": self.bad_epochs,
-            "best_state": self.best_state,
-            "done": self.done,
+            **{key: getattr(self, key) for key in self._counters},
         }
+
+    _counters = ("steps", "rounds", "best_val", "best_step", "bad_rounds", "best_state", "done")
 
     @classmethod
     def from_state_dict(cls, cfg: RefinementConfig, state: dict) -> "DecoderFit":
         fit = cls(cfg, TensorDict(state["train"], batch_size=[]).auto_batch_size_(1), TensorDict(state["val"], batch_size=[]).auto_batch_size_(1))
-        for key in ("epoch", "best_val", "bad_epochs", "best_state", "done"):
+        for key in cls._counters:
             setattr(fit, key, state[key])
         return fit
 
 
+VAL_SEED = 12_345  # fixed noise for validation: every round scores the same draws
+
+
+def _val_rows(data: TensorDict, limit: int | None) -> TensorDict:
+    """At most ``limit`` rows, evenly spaced (deterministic)."""
+    if limit is None or len(data) <= limit:
+        return data
+    return data[torch.linspace(0, len(data) - 1, limit).long()]
+
+
 @torch.no_grad()
-def validation_loss(decoder: DecoderModule, data: TensorDict, batch_size: int = 8192) -> torch.Tensor:
+def validation_loss(decoder: DecoderModule, data: TensorDict, batch_size: int = 8192, limit: int | None = None,
+                    pairwise_weight: float = 0.0) -> torch.Tensor:
+    """The fit's objective on held-out pairs, with fixed noise (so rounds compare like for like, as
+    the authors' ``interval_sampled`` validation does with its fixed key); includes the pairwise
+    term when it is on, as theirs does."""
     decoder.eval()
+    data = _val_rows(data, limit)
     total, count = torch.zeros((), device=decoder.device), 0
+    with torch.random.fork_rng(devices=[decoder.device] if decoder.device.type == "cuda" else []):
+        torch.manual_seed(VAL_SEED)
+        for start in range(0, len(data), batch_size):
+            batch = data[start : start + batch_size].to(decoder.device)
+            loss = decoder.loss(batch["observation"], batch["action"]).float()
+            if pairwise_weight > 0:
+                loss = loss + pairwise_weight * pairwise_loss(decoder, batch["observation"], batch["latent"], batch["action"])
+            total = total + loss * len(batch)
+            count += len(batch)
+    decoder.train()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def endpoint_mse(decoder: DecoderModule, data: TensorDict, batch_size: int = 8192, limit: int = 4096) -> torch.Tensor:
+    """``mean |decode(s, z) - a|^2`` over held-out pairs and action dims, ``z ~ N(0, I)`` fixed (not
+    the rollout latent): the authors' ``val_endpoint_mse`` (``make_endpoint_eval_step`` in
+    ``src/gorl/algorithms/decoder_training.py``, 4,096 evenly spaced validation pairs)."""
+    decoder.eval()
+    data = _val_rows(data, limit)
+    total, count = torch.zeros((), device=decoder.device), 0
+    gen = torch.Generator().manual_seed(VAL_SEED)
     for start in range(0, len(data), batch_size):
         batch = data[start : start + batch_size].to(decoder.device)
-        total = total + decoder.loss(batch["observation"], batch["action"]).float() * len(batch)
+        z = torch.randn(batch["action"].shape, generator=gen).to(decoder.device)
+        err = (decoder.decode(batch["observation"], z).float() - batch["action"].float()).pow(2).mean(-1)
+        total = total + err.sum()
         count += len(batch)
     decoder.train()
     return total / max(count, 1)

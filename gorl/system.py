@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
+from gorl import boundary
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
 from gorl.distributed import broadcast_module_
 from gorl.encoders import EncoderModule, LatentEncoder
@@ -38,7 +39,7 @@ from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash
 from gorl.optimization import guarded_step
 from gorl.policy import LatentPolicy
-from gorl.refinement import DecoderFit, RefinementConfig, collect, split_by_episode, top_q_episodes
+from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, split_by_episode, top_q_episodes
 
 EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
@@ -200,6 +201,9 @@ class GoRLSystem(pl.LightningModule):
             f"(+{st.collect_frames:,} for decoder data) in {time.perf_counter() - self._t_start:.0f} s; "
             f"final eval/return {last:.1f}"
         )
+        if st.history:
+            rank_zero_info(f"[gorl] per stage ({self.env_cfg.eval_envs} deterministic eval episodes per evaluation):\n"
+                           + boundary.summary_table(st.history))
 
     # --- one iteration ---------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -209,7 +213,7 @@ class GoRLSystem(pl.LightningModule):
         elif st.phase == "decoder":
             self._decoder_iteration()
         st.iteration += 1
-        self._record({"loop/stage": st.stage, "loop/phase": float(st.phase != "encoder"), "loop/frames": st.frames,
+        self.record_metrics({"loop/stage": st.stage, "loop/phase": float(st.phase != "encoder"), "loop/frames": st.frames,
                       "loop/collect_frames": st.collect_frames})
         self._flush_metrics()
         if st.phase == "done":
@@ -222,7 +226,7 @@ class GoRLSystem(pl.LightningModule):
     # row per loop iteration goes straight to the loggers instead (rank 0 only, as Lightning's
     # loggers are), with the step = loop iteration; ``latest`` keeps the newest value of each
     # metric for the progress bar and callbacks.
-    def _record(self, metrics: dict[str, float]) -> None:
+    def record_metrics(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
             value = float(value)
             self._row[key] = value
@@ -275,19 +279,17 @@ class GoRLSystem(pl.LightningModule):
         frames = rollout.numel() * self.trainer.world_size
         st.frames += frames
         st.stage_frames += frames
-        self._record({f"encoder/{k}": v for k, v in metrics.items()})
-        self._record({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
+        self.record_metrics({f"encoder/{k}": v for k, v in metrics.items()})
+        self.record_metrics({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
         if self._recent_returns:
-            self._record({"train/return": sum(self._recent_returns) / len(self._recent_returns)})
+            self.record_metrics({"train/return": sum(self._recent_returns) / len(self._recent_returns)})
         phase_over = st.encoder_phase_over(cfg)
         if st.eval_due(cfg) or phase_over:
-            self._evaluate()
+            self.evaluate()
         if phase_over:
-            if st.end_encoder_phase(cfg) == "decoder" and self.best_encoder is not None:
-                self.encoder.restore(self.best_encoder)
-            rank_zero_info(f"[gorl] stage {st.stage} encoder phase done at {st.frames:,} frames; best eval return {st.best_return:.1f}")
+            boundary.end_encoder_phase(self)
 
-    def _evaluate(self) -> None:
+    def evaluate(self) -> None:
         st = self.loop_state
         returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps)
         mean = float(self.trainer.strategy.reduce(returns.mean().to(self.device), reduce_op="mean"))
@@ -295,49 +297,49 @@ class GoRLSystem(pl.LightningModule):
         if mean > st.best_return:
             st.best_return = mean
             self.best_encoder = self.encoder.snapshot()
-        self._record({"eval/return": mean, "eval/return_std": float(returns.std()) if returns.numel() > 1 else 0.0})
+        self.record_metrics({"eval/return": mean, "eval/return_std": float(returns.std()) if returns.numel() > 1 else 0.0})
         self.last_eval_return = mean
         rank_zero_info(f"[gorl] stage {st.stage} | frames {st.frames:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f}")
 
     def _decoder_iteration(self) -> None:
         st, rc = self.loop_state, self.refine_cfg
         dec_opt = self.optimizers()[1]
+        t0 = time.perf_counter()
+        rec = boundary.record(self)
         if self.fit_state is None:
             # Collect with the best encoder, frozen; then start a fresh (or warm) decoder.
             per_rank = lambda n: None if n is None else math.ceil(n / self.trainer.world_size)  # noqa: E731
-            data, frames = collect(iter(self._next_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes))
+            data, frames = collect(iter(self._next_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
             st.collect_frames += frames * self.trainer.world_size
+            rec["decoder_data"] = frames * self.trainer.world_size
             if rc.top_q is not None:
                 data = top_q_episodes(data, rc.top_q)
+            data = clip_targets(data, rc.target_clip)
             gen = torch.Generator().manual_seed(self.seed + st.stage)
             train, val = split_by_episode(data, rc.val_fraction, gen)
-            init = self.decoder if (rc.warm_start and st.stage > 1) else self._make_decoder(self.obs_dim, self.act_dim)
+            init = self.decoder if (rc.warm_start and st.stage > 0) else self._make_decoder(self.obs_dim, self.act_dim)
             self.trainee.load_state_dict(init.state_dict())
             broadcast_module_(self.trainee)  # a fresh init draws rank-local random numbers
             self.trainee.fit_obs_statistics(train["observation"].to(self.device))
             dec_opt.optimizer.state.clear()
             self.fit_state = DecoderFit(rc, train, val)
-            self._record({"decoder/dataset_size": len(data)})
-            rank_zero_info(f"[gorl] stage {st.stage}: refining the decoder on {len(train):,} train / {len(val):,} val pairs")
+            self.record_metrics({"decoder/dataset_size": len(data)})
+            rank_zero_info(f"[gorl] stage {st.stage}: refining the decoder on {len(train):,} train / {len(val):,} val pairs "
+                           f"for {self.fit_state.total_steps:,} steps")
+            rec["fit_seconds"] += time.perf_counter() - t0
             return
         fit = self.fit_state
         metrics = fit.step(self.trainee, lambda loss: self._optimize(dec_opt, loss), reduce=lambda x: self.trainer.strategy.reduce(x, reduce_op="mean"))
-        self._record({f"decoder/{k}": v for k, v in metrics.items()})
+        rec["fit_seconds"] += time.perf_counter() - t0
+        self.record_metrics({f"decoder/{k}": v for k, v in metrics.items()})
+        stop = "" if rc.patience is None else f", {fit.bad_rounds}/{rc.patience} without improvement"
         rank_zero_info(
-            f"[gorl] stage {st.stage} decoder epoch {fit.epoch}/{rc.epochs}: train loss {metrics['train_loss']:.4f}, "
-            f"val loss {metrics['val_loss']:.4f} (best {fit.best_val:.4f}, {fit.bad_epochs}/{rc.patience} without improvement)"
+            f"[gorl] stage {st.stage} decoder step {fit.steps:,}/{fit.total_steps:,}: train loss {metrics['train_loss']:.4f}, "
+            f"val loss {metrics['val_loss']:.4f} (best {rc.checkpoint_metric} {fit.best_val:.4f}{stop})"
         )
         if fit.done:
-            self.trainee.load_state_dict(fit.best_state)
-            self.decoder.load_state_dict(fit.best_state)
-            rank_zero_info(f"[gorl] stage {st.stage} decoder fitted: {fit.epoch} epochs, best val loss {fit.best_val:.4f}")
             self.fit_state = None
-            self.encoder.reset(self.best_encoder)
-            self.encoder.on_decoder_change()
-            broadcast_module_(self.encoder)
-            self.optimizers()[0].optimizer.state.clear()  # Adam moments of the old encoder are stale
-            self.best_encoder = None
-            st.start_next_stage()
+            boundary.begin_stage(self, fit)
 
     def _track_returns(self, rollout: TensorDictBase) -> None:
         """Training-episode returns (unscaled) from a rollout ``[*batch, T]``."""

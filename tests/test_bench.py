@@ -11,7 +11,7 @@ from tests.conftest import CONF, ROOT
 
 TINY = ["--model.encoder.critic_hidden", "[32,32]", "--model.encoder.actor_hidden", "[16,16]", "--model.encoder.unroll", "8",
         "--model.encoder.epochs", "2", "--model.encoder.minibatch_size", "64", "--model.env.num_envs", "16",
-        "--model.env.eval_envs", "8", "--model.loop.eval_max_steps", "10", "--model.refinement.epochs", "2",
+        "--model.env.eval_envs", "8", "--model.loop.eval_max_steps", "10", "--model.refinement.steps", "4", "--model.refinement.val_every", "2",
         "--model.refinement.batch_size", "128"]
 
 

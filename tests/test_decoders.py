@@ -87,7 +87,7 @@ def test_refinement_data_never_carries_the_rollout_latent():
     assert "latent" not in pairs.keys()
     assert set(pairs.keys()) == {"observation", "action", "episode", "reward"}
     train, val = split_by_episode(pairs, 0.25, torch.Generator().manual_seed(0))
-    fit = DecoderFit(RefinementConfig(transitions=100, epochs=2, patience=5, batch_size=32), train, val)
+    fit = DecoderFit(RefinementConfig(transitions=100, steps=4, val_every=2, batch_size=32), train, val)
     dec = FlowDecoder(3, 2, hidden=[16])
     opt = dec.configure_optimizers()
     metrics = fit.step(dec, lambda loss: (opt.zero_grad(), loss.backward(), opt.step()))
@@ -129,12 +129,12 @@ def test_early_stopping_keeps_the_best_validation_weights():
     torch.manual_seed(0)
     data = _bimodal(512)
     train, val = data[:448], data[448:]
-    fit = DecoderFit(RefinementConfig(transitions=512, epochs=6, patience=100, batch_size=64), train, val)
+    fit = DecoderFit(RefinementConfig(transitions=512, steps=42, val_every=7, batch_size=64), train, val)
     dec = DiffusionDecoder(1, 1, hidden=[32])
     opt = dec.configure_optimizers()
     while not fit.done:
         fit.step(dec, lambda loss: (opt.zero_grad(), loss.backward(), opt.step()))
-    assert fit.epoch == 6
+    assert fit.steps == 42 and fit.rounds == 6
     dec.load_state_dict(fit.best_state)
     from gorl.refinement import validation_loss
 

@@ -21,7 +21,7 @@ def smoke_system(seed: int = 0) -> GoRLSystem:
         encoder=partial(EncoderModule, actor_hidden=[16, 16], critic_hidden=[32, 32], unroll=8, epochs=2, minibatch_size=64),
         decoder=partial(FlowDecoder, hidden=[32, 32]),
         loop=LoopConfig(stages=[512, 256, 256], eval_every=256, eval_max_steps=10),
-        refinement=RefinementConfig(transitions=512, epochs=3, patience=2, batch_size=128),
+        refinement=RefinementConfig(transitions=512, steps=6, val_every=2, batch_size=128),
         seed=seed,
     )
 
@@ -95,21 +95,21 @@ def test_resume_mid_encoder_phase(tmp_path):
 
 
 def test_resume_mid_decoder_refinement(tmp_path):
-    stop = lambda m: m.loop_state.phase == "decoder" and m.fit_state is not None and m.fit_state.epoch >= 1  # noqa: E731
+    stop = lambda m: m.loop_state.phase == "decoder" and m.fit_state is not None and m.fit_state.rounds >= 1  # noqa: E731
     saved, second, system = _resume_matches_uninterrupted(tmp_path, stop)
     assert saved[0:2] == (0, "decoder")
 
 
 def test_checkpoint_restores_loop_state_and_dataset(tmp_path):
     ckpt = tmp_path / "mid.ckpt"
-    stop = lambda m: m.loop_state.phase == "decoder" and m.fit_state is not None and m.fit_state.epoch >= 1  # noqa: E731
+    stop = lambda m: m.loop_state.phase == "decoder" and m.fit_state is not None and m.fit_state.rounds >= 1  # noqa: E731
     first = Recorder(stop_when=stop, path=ckpt)
     system = smoke_system()
     _fit(system, [first])
     restored = smoke_system()
     restored.on_load_checkpoint(torch.load(ckpt, weights_only=False))
     assert restored.loop_state.state_dict() == system.loop_state.state_dict()
-    assert restored.fit_state.epoch == system.fit_state.epoch
+    assert restored.fit_state.steps == system.fit_state.steps
     assert torch.equal(restored.fit_state.train["action"], system.fit_state.train["action"])
 
 
@@ -120,13 +120,17 @@ def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(tmp_path)
         "--model.env.num_envs", "8", "--model.env.eval_envs", "2",
         "--model.encoder.unroll", "16", "--model.encoder.epochs", "1", "--model.encoder.minibatch_size", "128",
         "--model.loop.stages", "[256, 128, 128]", "--model.loop.eval_every", "1e9", "--model.loop.eval_max_steps", "20",
-        "--model.refinement.transitions", "256", "--model.refinement.epochs", "2", "--model.refinement.batch_size", "64",
+        "--model.refinement.episodes", "null", "--model.refinement.transitions", "256", "--model.refinement.epochs", "2",
+        "--model.refinement.val_every", "2", "--model.refinement.batch_size", "64",
         cwd=tmp_path,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert out.count("decoder fitted") == 2
     assert "finished stage 2" in out
+    # Every boundary is measured: an evaluation before the new stage's first update, and the table.
+    assert out.count("starts at eval return") == 2
+    assert "| stage | initial | best | final |" in out
 
 
 def test_collector_runs_the_policy_on_the_module_device_and_stores_on_the_env_device():

@@ -16,8 +16,8 @@ from tests.conftest import CONF, ROOT, run_gorl
 
 # A smoke plan long enough to be killed in the middle of each phase.
 PLAN = ["--config", str(CONF / "smoke.yaml"), "--model.loop.stages", "[1024, 1024]", "--model.loop.eval_every", "256",
-        "--model.refinement.transitions", "8192", "--model.refinement.epochs", "12", "--model.refinement.patience", "100",
-        "--checkpoint.every_frames", "128", "--checkpoint.every_decoder_epochs", "1"]
+        "--model.refinement.transitions", "8192", "--model.refinement.steps", "12", "--model.refinement.val_every", "1",
+        "--checkpoint.every_frames", "128", "--checkpoint.every_decoder_rounds", "1"]
 
 
 def _phase_sequence(metrics: Path) -> list[tuple[int, int]]:

@@ -111,7 +111,7 @@ class ClippedPolicyGradient(LatentEncoder):
         return {k: float(v) / max(steps, 1) for k, v in sums.items()}
 
     # --- stage boundaries -------------------------------------------------------------------
-    def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
+    def reset(self, best: dict[str, torch.Tensor] | None = None, stage: int = 1) -> None:
         """Back to a freshly initialised policy, critic and obs statistics.
 
         The baselines run one stage (the paper gives them one 180M-frame run), so this is only

@@ -1,12 +1,19 @@
-"""Diffusion decoder: DDPM epsilon-prediction with a cosine schedule, sampled by deterministic DDIM.
+"""Diffusion decoder: DDPM epsilon-prediction, sampled by deterministic DDIM (eta = 0).
 
-Forward process over T steps: ``x_k = sqrt(abar_k) a + sqrt(1 - abar_k) eps`` with the cosine
-schedule of Nichol & Dhariwal, ``abar_k = f(max_t k / T) / f(0)``. The schedule stops at
-``max_t = 0.9`` (``abar_T ~ 0.024``) instead of 1 (``abar_T = 0``): with only ~10 steps, a first
-DDIM step that starts from ``abar ~ 0`` divides by ``sqrt(abar)`` and multiplies any network error
-by ~30, which in our tests collapsed a bimodal fit onto one mode. The authors' code stops at the
-same point (T cumulative-alpha entries on a grid of T + 1). Training draws fresh
-``eps ~ N(0, I)`` and a step k per (obs, action) pair and regresses the noise prediction on eps.
+Forward process over T steps, ``t_k = k / T``: ``x_k = sqrt(abar_k) a + sqrt(1 - abar_k) eps``.
+Two schedules:
+
+- ``linear`` (default, the authors' current release, ``schedule = "linear_alpha_bar"`` in their
+  ``src/gorl/algorithms/decoders.py``): ``abar(t) = 1e-3 + (1 - 1e-3)(1 - t)``, so ``abar_T = 1e-3``.
+  Their network output is multiplied by ``output_scale = 0.25`` (our default too), which keeps the
+  first DDIM steps, where ``c_k`` is largest, from amplifying the untrained network's error.
+- ``cosine`` (their first release and ours before): Nichol & Dhariwal's ``abar_k = f(max_t k / T) /
+  f(0)``, stopped at ``max_t = 0.9`` (``abar_T ~ 0.024``) instead of 1: with only ~10 steps, a first
+  DDIM step that starts from ``abar ~ 0`` divides by ``sqrt(abar)`` and multiplies any network
+  error by ~30, which in our tests collapsed a bimodal fit onto one mode at output scale 1.
+
+Training draws ``draws`` fresh ``eps ~ N(0, I)`` and steps k per (obs, action) pair (theirs: 8) and
+regresses the noise prediction on eps.
 
 Sampling is DDIM with eta = 0 from ``x_T = eps`` (the latent): for k = T..1,
 ``x_{k-1} = r_k x_k + c_k epshat`` with ``r_k = sqrt(abar_{k-1} / abar_k)`` and
@@ -22,10 +29,18 @@ decodes every latent to itself exactly (the authors' code makes the same choice,
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 from gorl.decoders.base import ConditionalMLP, DecoderModule
+from gorl.errors import ConfigError
+
+
+def linear_alpha_bar(steps: int, alpha_min: float = 1e-3) -> torch.Tensor:
+    """``abar_k = alpha_min + (1 - alpha_min)(1 - k / T)`` for k = 0..T, float64 (the authors')."""
+    t = torch.arange(steps + 1, dtype=torch.float64) / steps
+    return alpha_min + (1.0 - alpha_min) * (1.0 - t)
 
 
 def cosine_alpha_bar(steps: int, max_t: float = 0.9, offset: float = 0.008) -> torch.Tensor:
@@ -36,7 +51,8 @@ def cosine_alpha_bar(steps: int, max_t: float = 0.9, offset: float = 0.008) -> t
 
 
 class DiffusionDecoder(DecoderModule):
-    """Args: hidden (MLP widths, SiLU), steps (T), time_dim, output_scale, lr (Adam)."""
+    """Args: hidden (MLP widths, SiLU), steps (T), schedule (``linear`` | ``cosine``), draws
+    ((eps, k) draws per action), time_dim, output_scale (network output multiplier), lr (Adam)."""
 
     def __init__(
         self,
@@ -44,14 +60,20 @@ class DiffusionDecoder(DecoderModule):
         act_dim: int,
         hidden: list[int] = [64, 64, 64, 64],  # noqa: B006
         steps: int = 10,
+        schedule: Literal["linear", "cosine"] = "linear",
+        draws: int = 8,
         time_dim: int = 8,
-        output_scale: float = 1.0,
+        output_scale: float = 0.25,
         lr: float = 3e-4,
     ) -> None:
         super().__init__(obs_dim, act_dim, lr)
+        if schedule not in ("linear", "cosine"):
+            raise ConfigError(f"decoder.schedule must be linear or cosine, got {schedule!r}")
+        if draws < 1:
+            raise ConfigError(f"decoder.draws must be >= 1, got {draws}")
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        self.steps = steps
-        abar = cosine_alpha_bar(steps)
+        self.steps, self.draws = steps, draws
+        abar = linear_alpha_bar(steps) if schedule == "linear" else cosine_alpha_bar(steps)
         r = (abar[:-1] / abar[1:]).sqrt()  # index k-1 holds r_k
         c = (1 - abar[:-1]).sqrt() - r * (1 - abar[1:]).sqrt()
         self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
@@ -61,7 +83,8 @@ class DiffusionDecoder(DecoderModule):
         self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale)
 
     def loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        cond = self.net.condition(self.obs_norm(obs))
+        cond = self.net.condition(self.obs_norm(obs)).repeat_interleave(self.draws, 0)
+        action = action.repeat_interleave(self.draws, 0)
         k = torch.randint(1, self.steps + 1, (action.shape[0], 1), device=action.device)
         eps = torch.randn_like(action)
         x_k = self.sqrt_abar[k] * action + self.sqrt_one_minus_abar[k] * eps

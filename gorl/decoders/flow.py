@@ -23,7 +23,7 @@ class FlowDecoder(DecoderModule):
         self,
         obs_dim: int,
         act_dim: int,
-        hidden: list[int] = [64, 64, 64, 64],  # noqa: B006
+        hidden: list[int] = [128, 128, 128, 128],  # noqa: B006  (the authors' current width)
         steps: int = 10,
         draws: int = 8,
         time_dim: int = 8,

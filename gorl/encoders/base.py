@@ -94,8 +94,9 @@ class LatentEncoder(pl.LightningModule):
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state)
 
-    def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
-        """Start a new stage: back to the prior (or warm, as the encoder's config says)."""
+    def reset(self, best: dict[str, torch.Tensor] | None = None, stage: int = 1) -> None:
+        """Start stage ``stage`` (>= 1): back to the prior (or warm from ``best``, the finished stage's
+        best snapshot, as the encoder's config says for that stage)."""
         raise NotImplementedError
 
     # --- checkpoints -----------------------------------------------------------------------------

@@ -7,12 +7,25 @@ decoder of stage 0 this is exactly Gaussian PPO in pre-tanh action space (the ta
 depend on theta, so it cancels in the ratio).
 
 One PPO update, top to bottom (:meth:`EncoderModule.train_on`):
-1. update the running observation statistics with the new rollout;
-2. scale rewards, compute GAE(gamma, lambda) once with TorchRL's ``GAE`` (truncation bootstraps,
-   termination does not);
-3. for ``epochs`` passes over shuffled minibatches: the clipped PPO loss (clipped ratio on latent
+1. scale rewards; with ``gae="rollout"`` compute GAE(gamma, lambda) once for the whole rollout with
+   TorchRL's ``GAE`` (truncation bootstraps, termination does not);
+2. for ``epochs`` passes over shuffled minibatches: with ``gae="minibatch"`` recompute GAE inside
+   the minibatch with the current critic (minibatches are then whole unroll segments, as in Brax
+   PPO and the authors' ``src/flow_policy/ppo.py``); the clipped PPO loss (clipped ratio on latent
    log-probs, per-minibatch advantage normalisation, entropy of the latent Gaussian, value loss)
-   plus ``beta * prior_regulariser``; one optimiser step each, gradient norm clipped.
+   plus ``beta * prior_regulariser``; one optimiser step each, gradient norm clipped;
+3. merge the rollout's observations into the running statistics (``obs_stats="post_update"``, the
+   authors' current "rollout consistent" mode: the update normalises with the statistics the
+   rollout was collected with, so the stored log-probs are exact). ``obs_stats="pre_update"`` merges
+   them before step 1 instead (Brax's and their older mode).
+
+Which GAE is our default, and why: ``gae="rollout"``. It works for any unroll length and lets
+minibatches mix frames from every env and time step (TorchRL's and CleanRL's PPO); per-minibatch
+GAE needs minibatches made of whole unrolls, which on a CPU rollout of 64 envs makes a minibatch of
+512 frames 16 correlated segments. The paper recipes (``conf/encoder/gorl_ppo.yaml``) set
+``gae: minibatch``, as the authors do. Where we differ from them on purpose: a truncated episode
+(the 1000-step limit) bootstraps from the value of its last observation here; their code gives
+truncated steps zero advantage and no value target.
 
 The loss is TorchRL's ``ClipPPOLoss`` (``loss_impl="torchrl"``) or, by default, the same maths in
 plain tensors (``loss_impl="fused"``, :meth:`EncoderModule.ppo_loss`). Why our own: an optimiser step
@@ -26,7 +39,7 @@ minibatch on 2 cores here, 20-40% of a whole step; the PPO loop runs 1.0-1.5x fa
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -38,11 +51,14 @@ from torchrl.objectives.value import GAE
 
 from gorl.encoders.base import LatentEncoder, OptimizeFn
 from gorl.errors import ConfigError
-from gorl.networks import GaussianHead, gaussian_log_prob, RunningNorm, mlp, stage_value
+from gorl.networks import GaussianHead, gaussian_log_prob, RunningNorm, mlp, stage_item, stage_value
 from gorl.prior import PriorReg, prior_regulariser
 
 ResetMode = Literal["fresh", "warm", "warm_value"]
 LossImpl = Literal["fused", "torchrl"]
+ObsStatsTiming = Literal["post_update", "pre_update"]
+ObsStatsAccumulation = Literal["cumulative", "batch_only"]
+GAEMode = Literal["rollout", "minibatch"]
 StageFloat = float | list[float]
 _ENTROPY_PER_DIM = 0.5 + 0.5 * math.log(2 * math.pi)  # a Gaussian's entropy is this + log(scale)
 
@@ -107,16 +123,27 @@ class EncoderModule(LatentEncoder):
             (a rollout smaller than one minibatch is one minibatch).
         gamma, lmbda: discount and GAE lambda.
         clip_epsilon, max_grad_norm: per stage.
-        entropy_coef, value_coef: PPO loss weights (entropy of the latent Gaussian).
+        entropy_coef: weight of the latent Gaussian's entropy, per stage.
+        value_coef: weight of the value loss.
         reward_scale: rewards are multiplied by this before GAE.
         reward_norm: also divide rewards by the running std of the discounted return (as gym's
             ``NormalizeReward``, which CleanRL's PPO uses): value targets stay O(1) whatever the
             task's reward scale. Off in the authors' setting (they use a fixed scale of 10).
         prior_reg: ``kl`` (paper text), ``l2`` (authors' code) or ``none``.
         prior_coef: beta, per stage.
-        reset: what the encoder keeps at a stage boundary: ``fresh`` (nothing: back to the prior with
-            new obs statistics), ``warm`` (continue from the stage's best encoder) or ``warm_value``
-            (fresh policy, keep value net and obs statistics).
+        reset: what the encoder keeps at a stage boundary, per stage (a list is indexed by the stage
+            being started, so entry 0 is never used): ``fresh`` (nothing: back to the prior with new
+            obs statistics, the authors' flow recipe), ``warm`` (actor, critic and obs statistics of
+            the finished stage's best encoder, their diffusion recipe's warm start) or ``warm_value``
+            (a policy exactly at N(0, I), critic and obs statistics kept: their
+            ``gaussian_warm_value``). The optimiser's moments restart in every mode, as theirs do.
+        obs_stats: when a rollout's observations enter the running statistics, per stage:
+            ``post_update`` (after the update, the authors' current "rollout_consistent") or
+            ``pre_update`` (before it: Brax and their older "legacy_pre_update").
+        obs_stats_accumulation: ``cumulative`` (running moments of everything seen) or
+            ``batch_only`` (their ``legacy_batch_only``, see :meth:`RunningNorm.update`), per stage.
+        gae: ``rollout`` (once per rollout, default) or ``minibatch`` (recomputed in each minibatch
+            with the current critic; minibatches are whole unroll segments). See the module docstring.
         loss_impl: ``fused`` (default, :meth:`ppo_loss`) or ``torchrl`` (TorchRL's ``ClipPPOLoss``):
             the same loss and gradients; ``fused`` skips TorchRL's per-call overhead (module docstring).
     """
@@ -136,15 +163,18 @@ class EncoderModule(LatentEncoder):
         gamma: float = 0.995,
         lmbda: float = 0.95,
         clip_epsilon: StageFloat = [0.15, 0.3],  # noqa: B006  (read-only, jsonargparse shows it)
-        max_grad_norm: StageFloat = [0.5, 1.0],  # noqa: B006
-        entropy_coef: float = 0.01,
+        max_grad_norm: StageFloat = 0.5,
+        entropy_coef: StageFloat = 0.01,
         value_coef: float = 0.25,
         reward_scale: float = 10.0,
         normalize_advantage: bool = True,
         reward_norm: bool = False,
         prior_reg: PriorReg = "kl",
         prior_coef: StageFloat = [5e-4, 1e-3],  # noqa: B006
-        reset: ResetMode = "fresh",
+        reset: ResetMode | list[ResetMode] = "fresh",
+        obs_stats: ObsStatsTiming | list[ObsStatsTiming] = "post_update",
+        obs_stats_accumulation: ObsStatsAccumulation | list[ObsStatsAccumulation] = "cumulative",
+        gae: GAEMode = "rollout",
         loss_impl: LossImpl = "fused",
     ) -> None:
         super().__init__()
@@ -152,6 +182,13 @@ class EncoderModule(LatentEncoder):
             raise ConfigError(f"loss_impl must be 'fused' or 'torchrl', got {loss_impl!r}")
         # Explicit dict: frame inspection picks the wrong frame when jsonargparse builds us.
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        for name, value, valid in (("reset", reset, ("fresh", "warm", "warm_value")),
+                                   ("obs_stats", obs_stats, ("post_update", "pre_update")),
+                                   ("obs_stats_accumulation", obs_stats_accumulation, ("cumulative", "batch_only")),
+                                   ("gae", gae, ("rollout", "minibatch"))):
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if item not in valid:
+                    raise ConfigError(f"encoder.{name}: {item!r} is not one of {', '.join(valid)}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.latent_dim = act_dim if latent_dim is None else latent_dim
         self.obs_norm = RunningNorm(obs_dim)
@@ -172,7 +209,7 @@ class EncoderModule(LatentEncoder):
             self.actor,
             self.critic,
             clip_epsilon=stage_value(clip_epsilon, 0),
-            entropy_coeff=entropy_coef,
+            entropy_coeff=stage_value(entropy_coef, 0),
             critic_coeff=value_coef,
             loss_critic_type="l2",
             normalize_advantage=normalize_advantage,
@@ -201,8 +238,9 @@ class EncoderModule(LatentEncoder):
         return torch.optim.Adam(self.parameters(), lr=stage_value(self.hparams.lr, 0), fused=True)
 
     def set_stage(self, stage: int, optimizer: torch.optim.Optimizer) -> None:
-        """Apply the per-stage schedule (clip, lr) for ``stage``."""
+        """Apply the per-stage schedule (clip, entropy, lr) for ``stage``."""
         self.loss_module.clip_epsilon.fill_(stage_value(self.hparams.clip_epsilon, stage))
+        self.loss_module.entropy_coeff.fill_(stage_value(self.hparams.entropy_coef, stage))
         for group in optimizer.param_groups:
             group["lr"] = stage_value(self.hparams.lr, stage)
 
@@ -210,54 +248,86 @@ class EncoderModule(LatentEncoder):
         """One PPO update on a rollout of shape ``[*batch, T]`` (time last)."""
         hp = self.hparams
         data = rollout.reshape(-1, rollout.shape[-1])
-        self.obs_norm.update(data["observation"])
+        post_update = stage_item(hp.obs_stats, stage) == "post_update"
+        if not post_update:
+            self._update_obs_statistics(data["observation"], stage)
         reward = data.get(("next", "reward")) * hp.reward_scale
         if hp.reward_norm:
             reward = self._normalize_reward(reward, data.get(("next", "done")))
         data.set(("next", "reward"), reward)
-        with torch.no_grad():
-            self.gae(data)
-        # Only what the loss reads: indexing fewer entries per minibatch is measurably cheaper.
-        flat = data.select("observation", "latent", "latent_log_prob", "advantage", "value_target").reshape(-1)
-        n = flat.numel()
-        mb = min(n, hp.minibatch_size)
         beta = stage_value(hp.prior_coef, stage)
         max_norm = stage_value(hp.max_grad_norm, stage)
         clip = stage_value(hp.clip_epsilon, stage)
+        entropy_coef = stage_value(hp.entropy_coef, stage)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
-        for _ in range(hp.epochs):
-            perm = torch.randperm(n, device=flat.device)
-            for start in range(0, n - mb + 1, mb):
-                batch = flat[perm[start : start + mb]]
-                if hp.loss_impl == "fused":
-                    out, (loc, scale) = self.ppo_loss(batch, clip)
-                else:
-                    out, loc = self.loss_module(batch), None
-                loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
-                if hp.prior_reg != "none" and beta > 0:
-                    if loc is None:  # ClipPPOLoss does not expose the distribution's parameters
-                        loc, scale = self.actor_net(batch["observation"])
-                    prior = prior_regulariser(loc, scale, hp.prior_reg)
-                    loss = loss + beta * prior
-                else:
-                    prior = torch.zeros(())
-                optimize(loss, max_norm)
-                for k, v in (
-                    ("loss", loss),
-                    ("loss_objective", out["loss_objective"]),
-                    ("loss_critic", out["loss_critic"]),
-                    ("entropy", out["entropy"]),
-                    ("prior", prior),
-                    ("clip_fraction", out["clip_fraction"]),
-                    ("kl_approx", out["kl_approx"]),
-                ):
-                    # Accumulate as tensors: one host sync per update, not one per metric per step.
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
-                steps += 1
+        for batch in self._minibatches(data):
+            if hp.loss_impl == "fused":
+                out, (loc, scale) = self.ppo_loss(batch, clip, entropy_coef)
+            else:
+                out, loc = self.loss_module(batch), None
+            loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+            if hp.prior_reg != "none" and beta > 0:
+                if loc is None:  # ClipPPOLoss does not expose the distribution's parameters
+                    loc, scale = self.actor_net(batch["observation"])
+                prior = prior_regulariser(loc, scale, hp.prior_reg)
+                loss = loss + beta * prior
+            else:
+                prior = torch.zeros(())
+            optimize(loss, max_norm)
+            for k, v in (
+                ("loss", loss),
+                ("loss_objective", out["loss_objective"]),
+                ("loss_critic", out["loss_critic"]),
+                ("entropy", out["entropy"]),
+                ("prior", prior),
+                ("clip_fraction", out["clip_fraction"]),
+                ("kl_approx", out["kl_approx"]),
+            ):
+                # Accumulate as tensors: one host sync per update, not one per metric per step.
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            steps += 1
+        if post_update:
+            self._update_obs_statistics(data["observation"], stage)
         return {k: float(v) / max(steps, 1) for k, v in sums.items()}
 
-    def ppo_loss(self, batch: TensorDictBase, clip: float) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    # Only what the loss reads: indexing fewer entries per minibatch is measurably cheaper.
+    _LOSS_KEYS = ("observation", "latent", "latent_log_prob", "advantage", "value_target")
+
+    def _minibatches(self, data: TensorDictBase) -> Iterator[TensorDictBase]:
+        """``epochs`` passes of shuffled, flat minibatches carrying ``advantage`` and ``value_target``.
+
+        ``gae="rollout"``: GAE once, then minibatches of single frames. ``gae="minibatch"``:
+        minibatches of ``minibatch_size // T`` whole unroll segments, GAE recomputed in each with
+        the current critic (the value targets follow the critic as it learns within the update).
+        """
+        hp = self.hparams
+        if hp.gae == "rollout":
+            with torch.no_grad():
+                self.gae(data)
+            flat = data.select(*self._LOSS_KEYS).reshape(-1)
+            n = flat.numel()
+            mb = min(n, hp.minibatch_size)
+            for _ in range(hp.epochs):
+                perm = torch.randperm(n, device=flat.device)
+                for start in range(0, n - mb + 1, mb):
+                    yield flat[perm[start : start + mb]]
+            return
+        segments = data.select("observation", "latent", "latent_log_prob", "next")
+        rows, unroll = segments.shape
+        per_mb = max(1, min(rows, hp.minibatch_size // unroll))
+        for _ in range(hp.epochs):
+            perm = torch.randperm(rows, device=segments.device)
+            for start in range(0, rows - per_mb + 1, per_mb):
+                batch = segments[perm[start : start + per_mb]]
+                with torch.no_grad():
+                    self.gae(batch)
+                yield batch.select(*self._LOSS_KEYS).reshape(-1)
+
+    def _update_obs_statistics(self, obs: torch.Tensor, stage: int) -> None:
+        self.obs_norm.update(obs, batch_only_var=stage_item(self.hparams.obs_stats_accumulation, stage) == "batch_only")
+
+    def ppo_loss(self, batch: TensorDictBase, clip: float, entropy_coef: float | None = None) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """``ClipPPOLoss``'s losses on a minibatch, in plain tensors, and the policy's ``(loc, scale)``
         (reused by the prior regulariser, which would otherwise need another actor forward).
 
@@ -267,6 +337,7 @@ class EncoderModule(LatentEncoder):
         clip fraction and the k3 estimate of KL(old || new) (TorchRL logs the k1 estimate).
         """
         hp = self.hparams
+        entropy_coef = stage_value(hp.entropy_coef, 0) if entropy_coef is None else entropy_coef
         advantage = batch["advantage"].reshape(-1)
         if hp.normalize_advantage:
             advantage = normalize(advantage)
@@ -276,7 +347,7 @@ class EncoderModule(LatentEncoder):
         entropy = (scale.log() + _ENTROPY_PER_DIM).sum(-1).mean()
         value = self.critic_net(batch["observation"])
         loss_critic = hp.value_coef * (value - batch["value_target"]).pow(2).mean()
-        out = {"loss_objective": loss_objective, "loss_critic": loss_critic, "loss_entropy": -hp.entropy_coef * entropy,
+        out = {"loss_objective": loss_objective, "loss_critic": loss_critic, "loss_entropy": -entropy_coef * entropy,
                "entropy": entropy.detach(), "clip_fraction": stats["clip_fraction"], "kl_approx": stats["kl_approx"]}
         return out, (loc, scale)
 
@@ -296,16 +367,17 @@ class EncoderModule(LatentEncoder):
         return reward / (self.return_norm.var + 1e-8).sqrt().clamp_min(1e-3).to(reward.dtype)
 
     # --- stage boundaries -------------------------------------------------------------------
-    def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
-        """Start a new stage as configured by ``reset`` (see the class docstring).
+    def reset(self, best: dict[str, torch.Tensor] | None = None, stage: int = 1) -> None:
+        """Start ``stage`` as its entry of ``reset`` says (see the class docstring); ``best`` is the
+        finished stage's best snapshot, the agent the authors warm-start from.
 
         Works on the sub-networks, not on ``state_dict`` keys: the actor and critic are reachable
         under several names (TorchRL's loss and GAE hold them too) that share the same tensors.
         """
-        mode = self.hparams.reset
+        mode = stage_item(self.hparams.reset, stage)
+        if mode != "fresh" and best is not None:
+            self.load_state_dict(best)
         if mode == "warm":
-            if best is not None:
-                self.load_state_dict(best)
             return
         fresh = type(self)(self.obs_dim, self.act_dim, **{k: v for k, v in self.hparams.items() if k not in ("obs_dim", "act_dim")})
         self.actor_net.net.load_state_dict(fresh.actor_net.net.state_dict())

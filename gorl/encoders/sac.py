@@ -389,7 +389,7 @@ class LatentSAC(LatentEncoder):
             return "actor" if self.x_key == "action" else "fresh"
         return mode
 
-    def reset(self, best: dict[str, torch.Tensor] | None = None) -> None:
+    def reset(self, best: dict[str, torch.Tensor] | None = None, stage: int = 1) -> None:
         """Start a new stage as ``reset`` says (class docstring). The buffer survives unless
         ``fresh``; with latent critics :meth:`on_decoder_change` empties it anyway."""
         mode = self.reset_mode
