@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets
@@ -47,14 +47,19 @@ def probe(context: float, n: int, seed: int) -> torch.Tensor:
     return torch.cat([torch.full((n, 1), context), torch.randn(n, 4, generator=g) * 2], 1)
 
 
+def _load(path: Path) -> dict:
+    """A shipped YAML as the CLI reads it (omegaconf: ``1e-3`` is a float)."""
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
 def shipped_decoder(name: str, obs_dim: int, act_dim: int):
-    spec = yaml.safe_load((CONF / "decoder" / f"{name}.yaml").read_text())
+    spec = _load(CONF / "decoder" / f"{name}.yaml")
     module, cls = spec["class_path"].rsplit(".", 1)
     return getattr(importlib.import_module(module), cls)(obs_dim, act_dim, **spec.get("init_args", {}))
 
 
 def shipped_refinement() -> RefinementConfig:
-    return RefinementConfig(**yaml.safe_load((CONF / "refinement" / "cpu.yaml").read_text()))
+    return RefinementConfig(**_load(CONF / "refinement" / "cpu.yaml"))
 
 
 @pytest.mark.parametrize("decoder", ["flow_cpu", "diffusion_cpu"])

@@ -1,0 +1,95 @@
+"""The authors' current GoRL recipe, copied by hand from bennidict23/GoRL at commit
+8a0209c5c3e54786f5ee889ffb7852f296d2c392 (the ICML 2026 release), dm_control profile:
+
+- ``configs/methods/gorl_fm.toml`` and ``configs/methods/gorl_diffusion.toml``: ``[ppo]``,
+  ``[ppo.stage0]``, ``[ppo.later_stages]``, ``[profile_overrides.dm_control.*]``, ``[collection]``,
+  ``[decoder]``, ``[evaluation]``;
+- ``configs/tasks/{CheetahRun,FingerSpin,FingerTurnHard,FishSwim,HopperStand,WalkerWalk}.toml``:
+  task-level sections and ``[method_overrides.<method>.*]``.
+
+Their precedence (``src/gorl/config.py``, ``load_run_config`` / ``resolve_stage_settings``): the
+method file, then the task's top-level sections, then the method's dm_control profile overrides,
+then the task's ``method_overrides``; per stage, base keys < ``stage0`` / ``later_stages`` <
+``stage{K}`` (by level, whichever file set it). :func:`authors_ppo` implements exactly that on the
+tables below, so the test compares our resolved configs with their resolution, cell by cell.
+
+Their names are kept here (``learning_rate``, ``z_regularization``, ...); ``tests/test_recipes.py``
+maps them onto ours. Facts only: no code of theirs.
+"""
+
+from __future__ import annotations
+
+# --- configs/methods/*.toml, with [profile_overrides.dm_control] merged as their loader does ------
+METHOD_PPO = {
+    "gorl_fm": {
+        "base": {"discounting": 0.995, "entropy_cost": 0.01, "gae_lambda": 0.95, "reward_scaling": 10.0, "unroll_length": 30,
+                 "num_updates_per_batch": 16, "fresh_encoder_each_stage": True,
+                 "observation_stats_accumulation": "cumulative", "observation_stats_timing": "rollout_consistent"},
+        "stage0": {"learning_rate": 0.001, "clip_epsilon": 0.15, "z_regularization": 0.0005, "max_grad_norm": 0.5, "policy_scale_cap": 10.0},
+        "later_stages": {"learning_rate": 0.001, "clip_epsilon": 0.3, "z_regularization": 0.001, "max_grad_norm": 0.5, "policy_scale_cap": 10.0},
+    },
+    "gorl_diffusion": {
+        "base": {"discounting": 0.995, "entropy_cost": 0.01, "gae_lambda": 0.95, "reward_scaling": 10.0, "unroll_length": 30,
+                 "num_updates_per_batch": 16, "fresh_encoder_each_stage": False,
+                 "observation_stats_accumulation": "cumulative", "observation_stats_timing": "rollout_consistent"},
+        "stage0": {"learning_rate": 0.001, "clip_epsilon": 0.15, "z_regularization": 0.0005, "max_grad_norm": 0.5, "policy_scale_cap": 10.0},
+        # [ppo.later_stages] learning_rate 0.001 is overridden by the profile's 0.0001.
+        "later_stages": {"learning_rate": 0.0001, "clip_epsilon": 0.15, "z_regularization": 0.001, "max_grad_norm": 0.5, "policy_scale_cap": 10.0},
+        "stage1": {"learning_rate": 0.0003},
+    },
+}
+
+METHOD_DECODER = {
+    "gorl_fm": {"type": "fm", "hidden_sizes": [128, 128, 128, 128], "train_steps": 50000, "batch_size": 8192, "learning_rate": 0.0003,
+                "samples_per_action": 8, "target_clip": 3.0, "checkpoint_metric": "val_loss", "initialization": "fresh",
+                "split_unit": "episode", "batch_sampling": "with_replacement", "pairwise_loss_weight": 0.0},
+    "gorl_diffusion": {"type": "diffusion", "hidden_sizes": [64, 64, 64, 64], "epochs": 50, "batch_size": 8192, "learning_rate": 0.0003,
+                       "diffusion_steps": 10, "target_clip": 3.0, "checkpoint_metric": "val_loss", "initialization": "fresh",
+                       "split_unit": "episode", "batch_sampling": "with_replacement", "pairwise_loss_weight": 0.001,
+                       # decoders.py defaults of the dm_control diffusion decoder
+                       "schedule": "linear_alpha_bar", "output_scale": 0.25, "samples_per_action": 8},
+}
+
+COLLECTION = {"episodes": 4096, "stochastic": True}
+EVALUATION = {"episodes": 128, "deterministic": True, "num_evals": 10}
+STAGE_STEPS = [60_000_000, 60_000_000, 30_000_000, 30_000_000]
+
+# --- configs/tasks/*.toml ---------------------------------------------------------------------------
+TASK_PPO = {  # task-level [ppo] (all methods)
+    "FingerSpin": {"base": {"discounting": 0.95}},
+}
+METHOD_OVERRIDES_PPO = {  # [method_overrides.<method>.ppo(.stageK|.later_stages)]
+    ("FingerTurnHard", "gorl_fm"): {"later_stages": {"max_grad_norm": 1.0}, "stage3": {"z_regularization": 0.01}},
+    ("FishSwim", "gorl_fm"): {"base": {"observation_stats_accumulation": "legacy_batch_only", "observation_stats_timing": "legacy_pre_update"}},
+    ("FishSwim", "gorl_diffusion"): {"stage3": {"entropy_cost": 0.005}},
+    ("HopperStand", "gorl_diffusion"): {"stage0": {"observation_stats_accumulation": "legacy_batch_only", "observation_stats_timing": "legacy_pre_update"},
+                                        "stage1": {"encoder_initialization": "fresh"}},
+    ("WalkerWalk", "gorl_fm"): {"later_stages": {"encoder_initialization": "gaussian_warm_value", "z_regularization": 0.003, "max_grad_norm": 1.0},
+                                "stage3": {"learning_rate": 0.0003}},
+}
+METHOD_OVERRIDES_DECODER = {
+    ("FingerSpin", "gorl_fm"): {"checkpoint_metric": "val_endpoint_mse"},
+    ("FishSwim", "gorl_fm"): {"checkpoint_metric": "val_endpoint_mse"},
+    ("HopperStand", "gorl_fm"): {"hidden_sizes": [64, 64, 64, 64], "target_clip": 0.0},
+}
+
+TASKS = {"CheetahRun": "cheetah-run", "FingerSpin": "finger-spin", "FingerTurnHard": "finger-turn_hard",
+         "FishSwim": "fish-swim", "HopperStand": "hopper-stand", "WalkerWalk": "walker-walk"}
+
+
+def authors_ppo(task: str, method: str, stage: int) -> dict:
+    """Their resolved PPO settings of ``stage`` (their precedence, see the module docstring)."""
+    layers = [METHOD_PPO[method], TASK_PPO.get(task, {}), METHOD_OVERRIDES_PPO.get((task, method), {})]
+    values: dict = {}
+    for level in ("base", "stage0" if stage == 0 else "later_stages", f"stage{stage}"):
+        for layer in layers:
+            values.update(layer.get(level, {}))
+    if stage == 0:
+        values["encoder_initialization"] = "fresh"  # stage 0 always starts fresh
+    elif "encoder_initialization" not in values:
+        values["encoder_initialization"] = "fresh" if values["fresh_encoder_each_stage"] else "warm_start"
+    return values
+
+
+def authors_decoder(task: str, method: str) -> dict:
+    return {**METHOD_DECODER[method], **METHOD_OVERRIDES_DECODER.get((task, method), {})}

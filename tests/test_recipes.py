@@ -1,0 +1,110 @@
+"""Every paper recipe (6 tasks x {flow, diffusion}) resolves, cell by cell and stage by stage, to the
+authors' current release (tests/authors_recipe.py): a drift in a config is a red test. The configs
+are resolved by the CLI itself (``gorl fit --config X --print_config``), ``defaults:`` included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gorl.cli import main
+from gorl.networks import MAX_STD, stage_item
+from tests.authors_recipe import COLLECTION, EVALUATION, STAGE_STEPS, TASKS, authors_decoder, authors_ppo
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_OF_TASK = {"CheetahRun": "cheetah", "FingerSpin": "finger_spin", "FingerTurnHard": "finger_turn_hard",
+                  "FishSwim": "fish_swim", "HopperStand": "hopper", "WalkerWalk": "walker"}
+RESET = {"fresh": "fresh", "warm_start": "warm", "gaussian_warm_value": "warm_value"}
+OBS_TIMING = {"rollout_consistent": "post_update", "legacy_pre_update": "pre_update"}
+OBS_ACCUMULATION = {"cumulative": "cumulative", "legacy_batch_only": "batch_only"}
+CELLS = [(task, method) for task in TASKS for method in ("gorl_fm", "gorl_diffusion")]
+
+
+def resolve(path: Path, capsys) -> dict:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert done.value.code in (None, 0)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def config_path(task: str, method: str) -> Path:
+    return CONF / f"{CONFIG_OF_TASK[task]}{'_fm' if method == 'gorl_fm' else ''}.yaml"
+
+
+@pytest.mark.parametrize("task,method", CELLS, ids=[f"{t}-{m}" for t, m in CELLS])
+def test_recipe_matches_the_authors_current_release(task, method, capsys):
+    cfg = resolve(config_path(task, method), capsys)["model"]
+    enc = cfg["encoder"]["init_args"]
+    assert cfg["encoder"]["class_path"] == "gorl.encoders.EncoderModule"
+    assert cfg["env"]["task"] == TASKS[task]
+    for stage in range(4):
+        theirs = authors_ppo(task, method, stage)
+        ours = {
+            "learning_rate": stage_item(enc["lr"], stage),
+            "clip_epsilon": stage_item(enc["clip_epsilon"], stage),
+            "max_grad_norm": stage_item(enc["max_grad_norm"], stage),
+            "z_regularization": stage_item(enc["prior_coef"], stage),
+            "entropy_cost": stage_item(enc["entropy_coef"], stage),
+            "observation_stats_timing": stage_item(enc["obs_stats"], stage),
+            "observation_stats_accumulation": stage_item(enc["obs_stats_accumulation"], stage),
+        }
+        expected = {k: theirs[k] for k in ours}
+        expected["observation_stats_timing"] = OBS_TIMING[theirs["observation_stats_timing"]]
+        expected["observation_stats_accumulation"] = OBS_ACCUMULATION[theirs["observation_stats_accumulation"]]
+        assert ours == expected, (task, method, stage)
+        assert MAX_STD == theirs["policy_scale_cap"]
+        if stage >= 1:  # stage 0 always starts at the prior
+            assert stage_item(enc["reset"], stage) == RESET[theirs["encoder_initialization"]], (task, method, stage)
+        assert enc["gamma"] == theirs["discounting"] and enc["lmbda"] == theirs["gae_lambda"]
+        assert enc["reward_scale"] == theirs["reward_scaling"] and enc["unroll"] == theirs["unroll_length"]
+        assert enc["epochs"] == theirs["num_updates_per_batch"]
+    # Fixed for every cell of the dm_control profile (PPOStageConfig defaults, ppo.py).
+    assert enc["value_coef"] == 0.25 and enc["prior_reg"] == "l2" and enc["gae"] == "minibatch"
+    assert enc["actor_hidden"] == [32] * 4 and enc["critic_hidden"] == [256] * 5
+
+    dec, ref = cfg["decoder"], cfg["refinement"]
+    theirs = authors_decoder(task, method)
+    assert dec["class_path"] == ("gorl.decoders.FlowDecoder" if theirs["type"] == "fm" else "gorl.decoders.DiffusionDecoder")
+    d = dec["init_args"]
+    assert d["hidden"] == theirs["hidden_sizes"] and d["lr"] == theirs["learning_rate"] and d["steps"] == 10
+    if theirs["type"] == "fm":
+        assert d["draws"] == theirs["samples_per_action"] and ref["steps"] == theirs["train_steps"] and ref["epochs"] is None
+    else:
+        assert d["draws"] == theirs["samples_per_action"] and d["schedule"] == "linear" and d["output_scale"] == theirs["output_scale"]
+        assert d["steps"] == theirs["diffusion_steps"] and ref["epochs"] == theirs["epochs"] and ref["steps"] is None
+    assert ref["batch_size"] == theirs["batch_size"] and ref["val_every"] == 100 and ref["patience"] is None
+    assert ref["target_clip"] == (theirs["target_clip"] if theirs["target_clip"] > 0 else None)  # their 0.0 = no clip
+    assert ref["pairwise_weight"] == theirs["pairwise_loss_weight"]
+    assert ref["checkpoint_metric"] == theirs["checkpoint_metric"]
+    assert ref["warm_start"] is (theirs["initialization"] != "fresh") and ref["top_q"] is None and ref["val_fraction"] == 0.1
+    assert ref["episodes"] == COLLECTION["episodes"]
+
+    loop = cfg["loop"]
+    assert [int(s) for s in loop["stages"]] == STAGE_STEPS
+    assert loop["evals_per_stage"] == EVALUATION["num_evals"] and loop["eval_max_steps"] == 1000
+    assert cfg["env"]["eval_envs"] == EVALUATION["episodes"]
+
+
+def test_the_first_release_recipes_stay_reachable(capsys):
+    cfg = resolve(CONF / "recipes" / "arxiv_v1" / "hopper.yaml", capsys)["model"]
+    enc, dec, ref = cfg["encoder"]["init_args"], cfg["decoder"]["init_args"], cfg["refinement"]
+    assert enc["clip_epsilon"] == [0.15, 0.3] and enc["max_grad_norm"] == [0.5, 1.0] and enc["obs_stats"] == "pre_update"
+    assert dec["schedule"] == "cosine" and dec["output_scale"] == 1.0
+    assert ref["epochs"] == 50 and ref["patience"] == 20 and ref["steps"] is None
+
+
+def test_defaults_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults: [missing.yaml]\n")
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(bad), "--print_config"])
+    assert done.value.code == 2
+    assert "defaults entry 'missing.yaml' does not exist" in capsys.readouterr().err
+    loop_a, loop_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    loop_a.write_text("defaults: [b.yaml]\n")
+    loop_b.write_text("defaults: [a.yaml]\n")
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(loop_a), "--print_config"])
+    assert done.value.code == 2 and "cycle" in capsys.readouterr().err
