@@ -108,3 +108,11 @@ def test_defaults_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", str(loop_a), "--print_config"])
     assert done.value.code == 2 and "cycle" in capsys.readouterr().err
+
+
+def test_citation_prefers_the_icml_2026_proceedings_and_keeps_the_arxiv_reference():
+    cff = yaml.safe_load((CONF.parent / "CITATION.cff").read_text())
+    pref = cff["preferred-citation"]
+    assert pref["title"] == "Generative Online Reinforcement Learning" and pref["volume"] == 306 and pref["year"] == 2026
+    assert "proceedings.mlr.press/v306" in pref["url"]
+    assert any("arXiv:2512.02581" in i["value"] for r in cff["references"] for i in r.get("identifiers", []))
