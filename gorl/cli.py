@@ -74,6 +74,26 @@ _CHOICES = {
 }
 
 
+def _type_name(text: str) -> str:
+    return re.sub(r"<class '([^']+)'>", r"\1", text).replace("typing.", "")
+
+
+def _given_value(lines: list[str]) -> tuple[str, str | None] | None:
+    """The innermost value jsonargparse rejected, and the types it wanted there (if listed)."""
+    for i, line in enumerate(lines):
+        m = re.match(r"Given value: (.*?)(?:\. Got value: .*)?$", line.lstrip("- "))
+        if m and not m.group(1).startswith(("Namespace(", "NestedArg(")):
+            subtypes = [lines[j] for j in range(i) if lines[j].startswith("Subtypes:")]
+            expected = None
+            if subtypes:
+                listed = subtypes[-1].split(":", 1)[1].strip()
+                listed = listed[1:-1] if listed.startswith("[") and listed.endswith("]") else listed
+                names = [_type_name(t.strip()) for t in re.split(r", (?![^\[]*\])", listed)]
+                expected = " or ".join(n for n in names if n != "NoneType") or None
+            return m.group(1), expected
+    return None
+
+
 def one_line(message: str) -> str:
     """Condense jsonargparse's nested error report to ``<key>: <the specific problem>``."""
     message = re.sub(r"Type \S.*? expects a function or a callable class: ", "\n", message)
@@ -84,6 +104,14 @@ def one_line(message: str) -> str:
     head = lines[0].split(":", 1)[1].strip() if lines and ":" in lines[0] and lines[0].startswith("Parser key") else ""
     detail = head or (details[0] if details else message)
     detail = re.sub(r"\. Got value: Namespace\(.*$", "", detail)
+    detail = re.sub(r"^Expected a <class '([^']+)'>\. Got value: (.*)$", lambda m: f"expected {m.group(1)}, got {m.group(2)!r}", detail)
+    given = _given_value(lines)
+    if given is not None:
+        value, expected = given
+        if expected and detail.startswith("Expected a <class"):
+            detail = f"expected {expected}"
+        if value not in detail:
+            detail += f", got {value!r}"
     last = key.rsplit(".", 1)[-1]
     if last in _CHOICES and ("has no attribute" in detail or "either not accessible" in detail or "No module" in detail):
         detail += f" (valid: {_CHOICES[last]}, or any subclass by import path)"
@@ -154,6 +182,13 @@ class GoRLSaveConfig(SaveConfigCallback):
 
 
 class GoRLCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Only what a GoRL system supports: Lightning's ``test`` and ``predict`` need a test set and
+        a ``forward`` that an RL system does not have (``gorl validate`` scores a checkpoint)."""
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+                "validate": {"model", "dataloaders", "datamodule"}}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("seed_everything", "model.seed")
         parser.add_argument("--defaults", type=Optional[list[str]], default=None,
@@ -284,8 +319,27 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+USAGE = """usage: gorl {fit,validate,bench} ...
+
+GoRL: online RL with generative policies (PyTorch Lightning + TorchRL).
+
+subcommands:
+  fit        train a run from a config: gorl fit --config conf/quickstart.yaml
+  validate   score a checkpoint's deterministic policy: gorl validate --config X --ckpt_path C [--video true]
+  bench      methods x tasks x seeds at one frame budget, resumable: gorl bench --help
+
+`gorl fit --help` lists every option; `gorl fit --config X --print_config` shows a resolved config.
+"""
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return
+    if argv[0] not in ("fit", "validate", "bench") and not argv[0].startswith("-"):
+        sys.stderr.write(f"gorl: error: unknown subcommand {argv[0]!r}; valid: fit, validate, bench (gorl --help)\n")
+        sys.exit(2)
     if argv[:1] == ["bench"]:
         from gorl.bench import main as bench
 

@@ -64,7 +64,9 @@ def test_bring_your_own_env_config_runs(tmp_path):
     [
         (["--model.env.task", "cheetah-fly"], "unknown dm_control task 'cheetah-fly'; valid tasks: acrobot-swingup"),
         (["--model.encoder.lrr", "1"], "model.encoder: Option 'lrr' is not accepted"),
-        (["--model.env.num_envs", "abc"], "model.env.num_envs: Expected a <class 'int'>"),
+        (["--model.env.num_envs", "abc"], "model.env.num_envs: expected int, got 'abc'"),
+        (["--model.encoder.init_args.lr", "fast"], "model.encoder.lr: expected float or list[float], got 'fast'"),
+        (["--model.refinement.steps", "many"], "model.refinement.steps: expected int, got 'many'"),
         (["--model.decoder", "gorl.decoders.Nope"], "valid: gorl.decoders.IdentityDecoder"),
         (["--model.loop.stages", "[]"], "loop.stages must be a non-empty list"),
         (["--trainer.max_epochz", "3"], "unrecognized arguments"),
@@ -93,9 +95,20 @@ def test_every_experiment_config_parses():
 
     from gorl.cli import main
 
-    configs = sorted(CONF.glob("*.yaml"))
-    assert len(configs) >= 12
+    configs = sorted(CONF.glob("*.yaml")) + sorted((CONF / "recipes" / "arxiv_v1").glob("*.yaml"))
+    configs = [p for p in configs if not p.name.startswith(("encoder_", "decoder_", "refinement"))]  # parts, not runs
+    assert len(configs) >= 25
     for path in configs:
         with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as exit_info:
             main(["fit", "--config", str(path), "--print_config"])
         assert exit_info.value.code in (0, None), path
+
+
+def test_help_lists_only_working_subcommands_each_with_a_line(tmp_path):
+    res = run_gorl("--help", cwd=tmp_path, timeout=120)
+    assert res.returncode == 0
+    listed = {line.split()[0]: line for line in res.stdout.splitlines() if line.startswith("  ") and len(line.split()) > 1}
+    assert {"fit", "validate", "bench"} <= set(listed) and "test" not in listed and "predict" not in listed
+    for name in ("test", "predict"):
+        res = run_gorl(name, "--config", str(CONF / "smoke.yaml"), cwd=tmp_path, timeout=120)
+        assert res.returncode == 2 and res.stderr.strip() == f"gorl: error: unknown subcommand {name!r}; valid: fit, validate, bench (gorl --help)"
