@@ -1,12 +1,15 @@
-"""Checkpointing on env frames and phase boundaries.
+"""Checkpointing on env frames, wall-clock time and phase boundaries.
 
 Lightning's ``ModelCheckpoint`` triggers on optimiser steps or epochs; a GoRL iteration takes a
 variable number of optimiser steps and the loop never ends an epoch, so neither is a useful clock.
 This subclass keeps everything else of ``ModelCheckpoint`` (``last.ckpt``, ``--ckpt_path last``,
-the run directory layout) and decides *when* by frames and by the loop's phase changes.
+the run directory layout) and decides *when*: by frames, by minutes (so a killed run loses at most
+``every_minutes`` of work however slow its frames are), and at the loop's phase changes.
 """
 
 from __future__ import annotations
+
+import time
 
 import lightning.pytorch as pl
 import torch
@@ -16,21 +19,31 @@ from gorl.errors import NonFiniteError
 
 
 class FrameCheckpoint(ModelCheckpoint):
-    """Write ``last.ckpt`` every ``every_frames`` env frames, every ``every_decoder_rounds``
-    validation rounds of a decoder fit, at every phase change and at the end.
+    """Write ``last.ckpt`` every ``every_frames`` env frames, every ``every_minutes`` of wall-clock
+    time, every ``every_decoder_rounds`` validation rounds of a decoder fit, at every phase change
+    and at the end.
 
     Args:
         every_frames: env frames between periodic checkpoints.
+        every_minutes: wall-clock minutes between checkpoints (``null`` = off); checked after every
+            loop iteration, so the gap is at most this plus one iteration.
         every_decoder_rounds: decoder-fit rounds (``refinement.val_every`` steps each) between
             checkpoints during a refinement.
         dirpath: where checkpoints go (default: ``<log dir>/checkpoints``).
     """
 
-    def __init__(self, every_frames: float = 1e6, every_decoder_rounds: int = 10, dirpath: str | None = None) -> None:
+    def __init__(self, every_frames: float = 1e6, every_minutes: float | None = 10.0, every_decoder_rounds: int = 10,
+                 dirpath: str | None = None) -> None:
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, save_on_train_epoch_end=False)
+        if every_minutes is not None and every_minutes <= 0:
+            from gorl.errors import ConfigError
+
+            raise ConfigError(f"checkpoint.every_minutes must be > 0 or null, got {every_minutes}")
         self.every_frames = every_frames
+        self.every_minutes = every_minutes
         self.every_decoder_rounds = every_decoder_rounds
         self._last_frames = 0
+        self._last_time = time.monotonic()
         self._last_phase: tuple[int, str] | None = None
 
     def _save_now(self, trainer: pl.Trainer) -> None:
@@ -47,10 +60,11 @@ class FrameCheckpoint(ModelCheckpoint):
             self._last_phase, self._last_frames = phase, st.frames
         fit = getattr(pl_module, "fit_state", None)
         decoder_due = fit is not None and fit.rounds > 0 and not fit.done and fit.rounds % self.every_decoder_rounds == 0
-        due = st.frames - self._last_frames >= self.every_frames or phase != self._last_phase or decoder_due
+        timely = self.every_minutes is not None and time.monotonic() - self._last_time >= 60.0 * self.every_minutes
+        due = st.frames - self._last_frames >= self.every_frames or phase != self._last_phase or decoder_due or timely
         if due and st.phase != "done":
             self._save_now(trainer)
-            self._last_frames, self._last_phase = st.frames, phase
+            self._last_frames, self._last_phase, self._last_time = st.frames, phase, time.monotonic()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save_now(trainer)

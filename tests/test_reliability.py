@@ -30,9 +30,9 @@ def _phase_sequence(metrics: Path) -> list[tuple[int, int]]:
     return seq
 
 
-def _kill_when(marker: str, cwd: Path) -> None:
+def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gorl", "fit", *PLAN], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gorl", "fit", *plan], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     for line in proc.stdout:
         if marker in line or time.time() > deadline:
@@ -44,7 +44,7 @@ def _kill_when(marker: str, cwd: Path) -> None:
 
 @pytest.mark.parametrize(
     "marker, expected_phase",
-    [("[gorl] stage 1 | frames", "encoder"), ("[gorl] stage 0 decoder epoch 3/", "decoder")],
+    [("[gorl] stage 1 | frames", "encoder"), ("[gorl] stage 0 decoder step 3/", "decoder")],
     ids=["mid-encoder-phase", "mid-decoder-refinement"],
 )
 def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_phase):
@@ -65,6 +65,24 @@ def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_p
     final = torch.load(next(tmp_path.glob("runs/gorl/version_1/checkpoints/last.ckpt")), weights_only=True)["gorl_loop"]["state"]
     reference = torch.load(next(ref.glob("runs/gorl/version_0/checkpoints/last.ckpt")), weights_only=True)["gorl_loop"]["state"]
     assert (final["stage"], final["phase"], final["frames"]) == (reference["stage"], reference["phase"], reference["frames"])
+
+
+def test_a_run_killed_between_frame_checkpoints_resumes_from_the_time_based_one(tmp_path):
+    # Frame checkpoints far apart and no phase change before the kill: only the clock can have
+    # written last.ckpt (every 0.01 min = 0.6 s).
+    plan = [*PLAN, "--checkpoint.every_frames", "1e9", "--checkpoint.every_minutes", "0.01"]
+    _kill_when("[gorl] stage 0 | frames 640", tmp_path, plan)
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    saved = torch.load(ckpt, weights_only=True)["gorl_loop"]["state"]
+    assert saved["stage"] == 0 and saved["phase"] == "encoder" and 0 < saved["frames"] <= 640
+    res = run_gorl("fit", *plan, "--ckpt_path", "last", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from runs/gorl/version_0/checkpoints/last.ckpt" in res.stderr and "finished stage 1" in res.stdout + res.stderr
+    without = [*PLAN, "--checkpoint.every_frames", "1e9", "--checkpoint.every_minutes", "null"]
+    other = tmp_path / "without"
+    other.mkdir()
+    _kill_when("[gorl] stage 0 | frames 640", other, without)
+    assert not list(other.glob("runs/gorl/version_0/checkpoints/last.ckpt"))  # the clock is what saved the run
 
 
 def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
