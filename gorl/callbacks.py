@@ -10,6 +10,7 @@ the run directory layout) and decides *when*: by frames, by minutes (so a killed
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -81,3 +82,43 @@ class FrameCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._last_frames = state_dict.get("last_frames", 0)
+
+
+class CurvesFigure(pl.Callback):
+    """At the end of ``gorl fit``, write ``curves.png`` into the run directory: evaluation and
+    training return against env frames with the stage boundaries marked
+    (:func:`gorl.analysis.plots.plot_learning_curve` on the run's ``metrics.csv``).
+
+    Needs matplotlib (the ``analysis`` extra) and a CSV logger; without either it says so in one
+    line and the run ends as usual. ``gorl fit --curves false`` switches it off.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning.pytorch.loggers import CSVLogger
+        from lightning.pytorch.utilities import rank_zero_info
+
+        if trainer.global_rank != 0:
+            return
+        csv_loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+        if not csv_loggers:
+            rank_zero_info("[gorl] curves.png skipped: it is drawn from metrics.csv, which only the CSV logger writes")
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from gorl.analysis.plots import plot_learning_curve
+        except ImportError as err:
+            rank_zero_info(f"[gorl] curves.png skipped: {err.name or 'matplotlib'} is not installed (pip install -e '.[analysis]')")
+            return
+        logger = csv_loggers[0]
+        logger.save()
+        run_dir = Path(logger.log_dir)
+        fig = plot_learning_curve(run_dir / "metrics.csv")
+        fig.axes[0].set_title(f"{getattr(pl_module.env_cfg, 'task', '')}  (seed {getattr(pl_module, 'seed', '')})", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(run_dir / "curves.png", dpi=110)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        rank_zero_info(f"[gorl] wrote {run_dir / 'curves.png'}")

@@ -50,7 +50,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning_utilities.core.rank_zero"):  # the name depends on import order
     logging.getLogger(_name).addFilter(lambda record: "Tip: For seamless cloud logging" not in record.getMessage())
 
-from gorl.callbacks import FrameCheckpoint  # noqa: E402
+from gorl.callbacks import CurvesFigure, FrameCheckpoint  # noqa: E402
 from gorl.distributions import ActionDistributionLogger  # noqa: E402
 from gorl.errors import CheckpointError, GoRLError  # noqa: E402
 from gorl.progress import GoRLProgressBar  # noqa: E402
@@ -202,6 +202,8 @@ class GoRLCLI(LightningCLI):
             help="Record one deterministic episode as MP4 in the run directory (validate: the checkpoint's "
             "policy; fit: the final one). true, or settings, e.g. --video.height 480 --video.width 640.",
         )
+        parser.add_argument("--curves", type=bool, default=True,
+                            help="fit: write curves.png (eval and train return vs env frames, stage boundaries marked) into the run directory")
 
     def before_instantiate_classes(self) -> None:
         """Checks and defaults that need the parsed config but must come before envs are built."""
@@ -239,6 +241,8 @@ class GoRLCLI(LightningCLI):
                 trainer.callbacks[i] = GoRLProgressBar(refresh_rate=callback.refresh_rate, process_position=callback.process_position)
         if getattr(self, "video_settings", None) is not None:
             trainer.callbacks.append(EpisodeVideo(self.video_settings))
+        if self.subcommand == "fit" and cfg.get("curves", True):
+            trainer.callbacks.append(CurvesFigure())
         return trainer
 
     def _parse_ckpt_path(self) -> None:

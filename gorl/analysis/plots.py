@@ -138,6 +138,10 @@ def plot_learning_curve(
         ax.plot(tx[ok], ty[ok], color="tab:grey", lw=0.8, alpha=0.6, label="train/return (episodes)")
     ex, ey = eval_points(metrics, x, y)
     ax.plot(ex, ey, marker="o", ms=3, lw=1.5, label=label or y)
+    if y == "eval/return" and "stage/initial_return" in metrics:
+        ix, iy = eval_points(metrics, x, "stage/initial_return")
+        if len(ix):
+            ax.plot(ix, iy, ls="none", marker="x", ms=7, mew=1.5, color="tab:red", label="stage start, before any update")
     for stage, pos in stage_boundaries(metrics, x):
         ax.axvline(pos, color="k", ls=":", lw=1)
         ax.text(pos, 0.98, f" stage {stage}", transform=ax.get_xaxis_transform(), fontsize=8, va="top")
