@@ -13,6 +13,11 @@ preset can be stopped and started again. Extra arguments go to ``gorl bench`` (e
                                             # cheetah-run, 1M frames, 6 seeds
     python benchmarks/learning.py recipe    # PPO vs GoRL (flow, diffusion) with the authors' current
                                             # recipe, cheetah-run and hopper-stand, 1M frames, 3 seeds
+    python benchmarks/learning.py study     # the same three on CleanRL's PPO schedule past PPO's
+                                            # plateau: cheetah-run, 3M frames (2M + 0.5M + 0.5M), 3 seeds
+    python benchmarks/learning.py study-hopper   # hopper-stand, 2M frames, 2 seeds
+    python benchmarks/learning.py boundary  # reset fresh / warm_value / warm, and 500 / 1,500 / 5,000
+                                            # decoder steps, cheetah-run, 1.5M frames, seed 0
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ import sys
 
 from gorl.bench import main as bench
 
-PRESETS: dict[str, list[str]] = {
+# Stage 0 long enough for PPO to plateau (two thirds of the budget), then two short GoRL stages.
+_PLATEAU_SPLIT = ["--stages", "0.6666666", "0.1666667", "0.1666667"]
+_STUDY = ["--methods", "ppo-cleanrl", "gorl-flow-cleanrl", "gorl-diffusion-cleanrl", *_PLATEAU_SPLIT, "--jobs", "2"]
+_BOUNDARY = ["--tasks", "cheetah-run", "--seeds", "0", "--budget", "1.5e6", *_PLATEAU_SPLIT, "--jobs", "2"]
+
+PRESETS: dict[str, list[str] | list[list[str]]] = {
     "ppo": ["--methods", "ppo-cleanrl", "--tasks", "cheetah-run", "--seeds", "0", "1", "2", "--budget", "1e6", "--jobs", "2",
             "--out", "runs/bench"],
     "critic": ["--methods", "ppo", "ppo-c64=conf/encoder/ppo_cpu_critic64.yaml", "--tasks", "cheetah-run",
@@ -33,6 +43,16 @@ PRESETS: dict[str, list[str]] = {
     # evaluations), 3 seeds; its own output directory, so the older runs stay comparable.
     "recipe": ["--methods", "ppo", "gorl-flow", "gorl-diffusion", "--tasks", "cheetah-run", "hopper-stand",
                "--seeds", "0", "1", "2", "--budget", "1e6", "--jobs", "2", "--out", "runs/bench_recipe"],
+    # Does GoRL beat Gaussian PPO where PPO has plateaued? CleanRL's schedule for every method.
+    "study": [*_STUDY, "--tasks", "cheetah-run", "--seeds", "0", "1", "2", "--budget", "3e6", "--out", "runs/study"],
+    "study-hopper": [*_STUDY, "--tasks", "hopper-stand", "--seeds", "0", "1", "--budget", "2e6", "--out", "runs/study_hopper"],
+    # The stage boundary, one seed each: reset fresh / warm_value / warm, then refits of 500 and
+    # 5,000 decoder steps against the preset's 1,500 (the fresh run of the first call).
+    "boundary": [
+        ["--methods", "gorl-flow-cleanrl", "gorl-flow-cleanrl-warm-value", "gorl-flow-cleanrl-warm", *_BOUNDARY, "--out", "runs/boundary"],
+        ["--methods", "gorl-flow-cleanrl", *_BOUNDARY, "--out", "runs/boundary_steps500", "--override", "--model.refinement.steps", "500"],
+        ["--methods", "gorl-flow-cleanrl", *_BOUNDARY, "--out", "runs/boundary_steps5000", "--override", "--model.refinement.steps", "5000"],
+    ],
 }
 
 
@@ -40,7 +60,14 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in PRESETS:
         raise SystemExit(f"usage: python benchmarks/learning.py {{{','.join(PRESETS)}}} [gorl bench arguments]")
     # argparse keeps the last of repeated options, so the user's extra arguments win.
-    bench(PRESETS[argv[0]] + argv[1:])
+    preset = PRESETS[argv[0]]
+    calls = preset if isinstance(preset[0], list) else [preset]
+    for call in calls:
+        if "--override" in call:  # --override takes the rest of the line: user arguments go before it
+            i = call.index("--override")
+            bench(call[:i] + argv[1:] + call[i:])
+        else:
+            bench(call + argv[1:])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ torch thread). At the end it writes
 
 Methods (``--methods``) are named recipes below; ``name=path/to/encoder.yaml`` adds your own
 single-stage method from an encoder config. GoRL methods split the budget over stages
-(40 / 30 / 30 % of encoder-phase frames); the frames spent collecting decoder data
+(40 / 30 / 30 % of encoder-phase frames, or ``--stages``); the frames spent collecting decoder data
 (``--decoder-data`` of the budget per refinement) come on top and are reported separately.
 """
 
@@ -79,6 +79,13 @@ METHODS: dict[str, Method] = {
     "ppo-paper": Method(_enc("ppo_baseline") + _dec("identity")),
     "fpo": Method(_enc("fpo") + _dec("identity")),
     "dppo": Method(_enc("dppo") + _dec("identity")),
+    # The study of benchmarks/learning.py (`study`, `boundary`): the same methods on CleanRL's PPO
+    # schedule (conf/encoder/ppo_cleanrl.yaml, 8 envs x 256 steps), which reaches a plateau on
+    # cheetah-run within a few million frames on this CPU; the reset variants ablate the boundary.
+    "gorl-flow-cleanrl": Method(_enc("ppo_cleanrl") + _GORL_PRIOR + _dec("flow_cpu") + ["--model.env.num_envs", "8"], GORL_STAGES),
+    "gorl-diffusion-cleanrl": Method(_enc("ppo_cleanrl") + _GORL_PRIOR + _dec("diffusion_cpu") + _DIFFUSION_RECIPE + ["--model.env.num_envs", "8"], GORL_STAGES),
+    "gorl-flow-cleanrl-warm-value": Method(_enc("ppo_cleanrl") + _GORL_PRIOR + _dec("flow_cpu") + ["--model.env.num_envs", "8", "--model.encoder.reset", "[fresh, warm_value]"], GORL_STAGES),
+    "gorl-flow-cleanrl-warm": Method(_enc("ppo_cleanrl") + _GORL_PRIOR + _dec("flow_cpu") + ["--model.env.num_envs", "8", "--model.encoder.reset", "[fresh, warm]"], GORL_STAGES),
     "sac": Method(_enc("sac") + _dec("identity") + ["--model.encoder.prior_reg", "none", "--model.env.num_envs", "16"]),
     "gorl-sac": Method(_enc("sac") + _dec("flow_cpu") + ["--model.env.num_envs", "16"], GORL_STAGES),
 }
@@ -96,8 +103,11 @@ def method_from_arg(arg: str) -> tuple[str, Method]:
     return arg, METHODS[arg]
 
 
-def run_args(method: Method, task: str, budget: float, decoder_data: float, eval_every: float) -> list[str]:
-    stages = [max(1, int(budget * f)) for f in method.stages]
+def run_args(method: Method, task: str, budget: float, decoder_data: float, eval_every: float,
+             split: tuple[float, ...] | None = None) -> list[str]:
+    """The ``gorl fit`` arguments of one run; ``split`` replaces a refining method's stage fractions."""
+    fractions = split if (split and method.refines) else method.stages
+    stages = [max(1, int(budget * f)) for f in fractions]
     args = ["--model.env", str(CONF / "env" / f"{task}.yaml"), *method.args, *method.extra,
             "--model.loop.stages", json.dumps(stages), "--model.loop.eval_every", str(eval_every)]
     if method.refines:
@@ -183,7 +193,7 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
         print(f"[bench] {name} {task} seed {seed}: done already ({got['final_return']:.1f})", flush=True)
         return got
     cmd = [sys.executable, "-m", "gorl", "fit", "--config", str(args.base),
-           *run_args(method, task, args.budget, args.decoder_data, args.eval_every), *args.override,
+           *run_args(method, task, args.budget, args.decoder_data, args.eval_every, tuple(args.stages) if args.stages else None), *args.override,
            "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
            "--trainer.logger.save_dir", str(args.out), "--trainer.logger.name", group, "--trainer.logger.version", version]
@@ -267,6 +277,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--budget", type=float, default=1e6, help="encoder-phase env frames per run")
     p.add_argument("--decoder-data", type=float, default=0.1, help="decoder data per refinement, fraction of the budget")
+    p.add_argument("--stages", type=float, nargs="+", default=None,
+                   help=f"GoRL methods: the budget's split over stages (default {' '.join(map(str, GORL_STAGES))}); single-stage methods ignore it")
     p.add_argument("--eval-every", type=float, default=1e5)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process and one torch thread each)")
     p.add_argument("--base", default=str(CONF / "bench.yaml"), help="base config every run starts from")
@@ -278,6 +290,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     methods = dict(method_from_arg(m) for m in args.methods)
+    if args.stages is not None and (len(args.stages) < 2 or any(f <= 0 for f in args.stages) or abs(sum(args.stages) - 1.0) > 1e-6):
+        raise SystemExit(f"gorl bench: error: --stages needs >= 2 positive fractions summing to 1, got {args.stages}")
     for task in args.tasks:
         if not (CONF / "env" / f"{task}.yaml").is_file():
             valid = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))

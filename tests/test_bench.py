@@ -96,3 +96,37 @@ def test_every_named_method_resolves_to_a_valid_config():
             main(["fit", "--config", str(CONF / "bench.yaml"), *run_args(method, "cheetah-run", 1e6, 0.1, 1e5), "--print_config"])
         assert exit_info.value.code in (0, None), name
         assert "task: cheetah-run" in buf.getvalue(), name
+
+
+def test_study_presets_resolve_and_run_a_few_iterations(tmp_path, capsys):
+    """Every call of the study presets names known methods and parses; each method's run resolves
+    through the CLI; and the study preset really runs (a tiny budget, refits of 4 steps)."""
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import learning
+
+    from gorl import bench
+    from gorl.cli import main as gorl_main
+
+    for name in ("study", "study-hopper", "boundary"):
+        preset = learning.PRESETS[name]
+        for call in preset if isinstance(preset[0], list) else [preset]:
+            args = bench.parser().parse_args(call)
+            assert args.stages and abs(sum(args.stages) - 1) < 1e-6
+            for method in args.methods:
+                _, recipe = bench.method_from_arg(method)
+                run = bench.run_args(recipe, args.tasks[0], args.budget, args.decoder_data, args.eval_every, tuple(args.stages))
+                with pytest.raises(SystemExit) as done:
+                    gorl_main(["fit", "--config", str(CONF / "bench.yaml"), *run, *args.override, "--print_config"])
+                assert done.value.code in (None, 0), (name, method)
+                capsys.readouterr()
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "study", "--methods", "gorl-diffusion-cleanrl", "--seeds", "0",
+           "--budget", "12288", "--eval-every", "1e9", "--jobs", "1", "--out", str(tmp_path),
+           "--override", "--model.env.eval_envs", "2", "--model.loop.eval_max_steps", "20", "--model.refinement.steps", "4",
+           "--model.encoder.epochs", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    log = (tmp_path / "gorl-diffusion-cleanrl_cheetah-run" / "seed0" / "gorl.log").read_text()
+    assert log.count("starts at eval return") == 2 and "| stage | initial | best | final |" in log
+    assert "| cheetah-run | gorl-diffusion-cleanrl | 2 |" in (tmp_path / "results.md").read_text()
