@@ -323,7 +323,7 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-USAGE = """usage: gorl {fit,validate,bench} ...
+USAGE = """usage: gorl {fit,validate,bench,export} ...
 
 GoRL: online RL with generative policies (PyTorch Lightning + TorchRL).
 
@@ -331,6 +331,7 @@ subcommands:
   fit        train a run from a config: gorl fit --config conf/quickstart.yaml
   validate   score a checkpoint's deterministic policy: gorl validate --config X --ckpt_path C [--video true]
   bench      methods x tasks x seeds at one frame budget, resumable: gorl bench --help
+  export     a checkpoint's policy as TorchScript (plain torch.jit.load): gorl export --ckpt_path C --out policy.pt
 
 `gorl fit --help` lists every option; `gorl fit --config X --print_config` shows a resolved config.
 """
@@ -341,9 +342,14 @@ def main(args: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return
-    if argv[0] not in ("fit", "validate", "bench") and not argv[0].startswith("-"):
-        sys.stderr.write(f"gorl: error: unknown subcommand {argv[0]!r}; valid: fit, validate, bench (gorl --help)\n")
+    if argv[0] not in ("fit", "validate", "bench", "export") and not argv[0].startswith("-"):
+        sys.stderr.write(f"gorl: error: unknown subcommand {argv[0]!r}; valid: fit, validate, bench, export (gorl --help)\n")
         sys.exit(2)
+    if argv[:1] == ["export"]:
+        from gorl.inference import export_main
+
+        export_main(argv[1:])
+        return
     if argv[:1] == ["bench"]:
         from gorl.bench import main as bench
 

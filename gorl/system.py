@@ -35,6 +35,7 @@ from gorl.encoders import EncoderModule, LatentEncoder
 from gorl.envs.factory import EnvConfig, env_dims, make_env
 from gorl.errors import CheckpointError, ConfigError, EnvWorkerError, NonFiniteError
 from gorl.evaluation import evaluate
+from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash
 from gorl.optimization import guarded_step
@@ -369,6 +370,7 @@ class GoRLSystem(pl.LightningModule):
             "rng": rng_state(),
             "encoder": self.encoder.checkpoint_state(),  # e.g. SAC's replay buffer
         }
+        checkpoint[META_KEY] = policy_meta(self)  # what gorl.load_policy rebuilds the acting chain from
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("gorl_loop")

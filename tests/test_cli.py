@@ -108,7 +108,7 @@ def test_help_lists_only_working_subcommands_each_with_a_line(tmp_path):
     res = run_gorl("--help", cwd=tmp_path, timeout=120)
     assert res.returncode == 0
     listed = {line.split()[0]: line for line in res.stdout.splitlines() if line.startswith("  ") and len(line.split()) > 1}
-    assert {"fit", "validate", "bench"} <= set(listed) and "test" not in listed and "predict" not in listed
+    assert {"fit", "validate", "bench", "export"} <= set(listed) and "test" not in listed and "predict" not in listed
     for name in ("test", "predict"):
         res = run_gorl(name, "--config", str(CONF / "smoke.yaml"), cwd=tmp_path, timeout=120)
-        assert res.returncode == 2 and res.stderr.strip() == f"gorl: error: unknown subcommand {name!r}; valid: fit, validate, bench (gorl --help)"
+        assert res.returncode == 2 and res.stderr.strip() == f"gorl: error: unknown subcommand {name!r}; valid: fit, validate, bench, export (gorl --help)"

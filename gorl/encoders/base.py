@@ -68,6 +68,12 @@ class LatentEncoder(pl.LightningModule):
         return torch.tanh(pre_tanh) if self._squash is None else self._squash(pre_tanh)
 
     # --- acting --------------------------------------------------------------------------------
+    @property
+    def latent_head(self) -> torch.nn.Module | None:
+        """``obs -> (loc, scale)`` of the latent Gaussian, for :mod:`gorl.inference` (``None`` if the
+        encoder's latent is not a Gaussian of that form)."""
+        return None
+
     def act(self, obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
         """Sample (or, deterministically, pick the mode of) a latent for each observation.
 

@@ -225,6 +225,10 @@ class EncoderModule(LatentEncoder):
     def rollout_steps(self) -> int:
         return self.hparams.unroll
 
+    @property
+    def latent_head(self) -> GaussianHead:
+        return self.actor_net
+
     def act(self, obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
         """The latent and its log-prob, in plain tensor code (the acting path runs once per env
         step; see :mod:`gorl.policy`). Same density as ``self.actor`` (tested)."""

@@ -216,6 +216,10 @@ class LatentSAC(LatentEncoder):
     def rollout_steps(self) -> int:
         return self.hparams.unroll
 
+    @property
+    def latent_head(self) -> GaussianHead:
+        return self.actor
+
     def act(self, obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
         """A latent ``~ N(loc, scale)`` (``loc`` when deterministic) and its log-prob."""
         loc, scale = self.actor(obs)

@@ -1,0 +1,201 @@
+"""Using what you trained: ``gorl.load_policy(checkpoint).act(obs)`` and ``gorl export``.
+
+A checkpoint carries everything the acting chain needs: the encoder's weights and observation
+statistics, the decoder of the stage it was saved in (the identity in stage 0), and the action box.
+:func:`load_policy` rebuilds that chain from the checkpoint alone (no env, no config file): the
+classes and constructor arguments of the encoder and decoder are stored in every checkpoint
+(``checkpoint["gorl_policy"]``, written by :meth:`gorl.system.GoRLSystem.on_save_checkpoint`).
+
+The chain, top to bottom (:class:`ActingChain`)::
+
+    obs -> (loc, scale) = encoder head(obs)          # latent Gaussian pi_theta(eps | s)
+        -> latent = loc + scale * noise              # noise = 0: deterministic (the latent mean)
+        -> pre_tanh = decoder.decode(obs, latent)    # identity in stage 0
+        -> action = low + (tanh(pre_tanh) + 1) (high - low) / 2
+
+``gorl export --ckpt_path C --out policy.pt`` writes the same chain as TorchScript: it loads with
+``torch.jit.load`` and nothing else, and is called as ``module(obs, noise)`` with ``obs`` of shape
+``[n, obs_dim]`` and ``noise`` of shape ``[n, act_dim]`` (zeros for the deterministic policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gorl.errors import CheckpointError, GoRLError
+
+META_KEY = "gorl_policy"
+
+
+def policy_meta(system: Any) -> dict:
+    """What :func:`load_policy` needs beyond the weights (plain types: loads with weights_only)."""
+    def spec(module: nn.Module) -> dict:
+        hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(getattr(module, "hparams", {})).items()
+                   if k not in ("obs_dim", "act_dim")}
+        return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": hparams}
+
+    return {"obs_dim": int(system.obs_dim), "act_dim": int(system.act_dim), "encoder": spec(system.encoder),
+            "decoder": spec(system.decoder), "task": system.env_cfg.task if system.env_cfg.factory is None else system.env_cfg.factory}
+
+
+def _build(spec: dict, obs_dim: int, act_dim: int) -> nn.Module:
+    module, _, name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint names class {spec['class_path']}, which cannot be imported here ({err})") from None
+    return cls(obs_dim, act_dim, **spec["init_args"])
+
+
+def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+class ActingChain(nn.Module):
+    """``(obs, noise) -> env action``: encoder head, reparameterised latent, decoder, squash.
+
+    Plain tensor code with no data-dependent Python branches, so :func:`torch.jit.trace` records
+    it faithfully (the decoder's fixed number of steps unrolls).
+    """
+
+    def __init__(self, head: nn.Module, decoder: nn.Module | None, squash: nn.Module) -> None:
+        super().__init__()
+        self.head, self.decoder, self.squash = head, decoder, squash
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        loc, scale = self.head(obs)
+        latent = loc + scale * noise
+        pre_tanh = latent if self.decoder is None else self.decoder.decode(obs, latent)
+        return self.squash(pre_tanh)
+
+
+class Policy:
+    """A trained GoRL policy, ready to act: ``policy.act(obs)``.
+
+    Attributes:
+        obs_dim, act_dim: sizes of an observation and an action.
+        stage: the stage the checkpoint was saved in (its decoder acts; stage 0: the identity).
+        task: the env the policy was trained on.
+        chain: the :class:`ActingChain` (an ``nn.Module``).
+    """
+
+    def __init__(self, chain: ActingChain, obs_dim: int, act_dim: int, stage: int, task: str, device: torch.device) -> None:
+        self.chain, self.obs_dim, self.act_dim, self.stage, self.task, self.device = chain, obs_dim, act_dim, stage, task, device
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True, noise: np.ndarray | torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> np.ndarray | torch.Tensor:
+        """Actions in the env's bounds for one observation ``[obs_dim]`` or a batch ``[n, obs_dim]``.
+
+        NumPy in, NumPy out; torch in, torch out (on the input's device). ``deterministic`` acts
+        with the latent mean; otherwise the latent is ``loc + scale * noise`` with ``noise`` given,
+        or drawn from N(0, I) (with ``generator`` if given).
+        """
+        as_numpy = not isinstance(obs, torch.Tensor)
+        out_device = None if as_numpy else obs.device
+        x = torch.as_tensor(np.asarray(obs) if as_numpy else obs, dtype=torch.float32).to(self.device)
+        single = x.dim() == 1
+        x = x.unsqueeze(0) if single else x
+        if x.dim() != 2 or x.shape[-1] != self.obs_dim:
+            raise ValueError(f"observation of shape {tuple(x.shape[1:] if not single else x.shape[1:])}: this policy takes [{self.obs_dim}] or [n, {self.obs_dim}]")
+        if noise is not None:
+            eps = torch.as_tensor(np.asarray(noise) if not isinstance(noise, torch.Tensor) else noise, dtype=torch.float32).to(self.device)
+            eps = eps.reshape(x.shape[0], self.act_dim)
+        elif deterministic:
+            eps = torch.zeros(x.shape[0], self.act_dim, device=self.device)
+        else:
+            eps = torch.randn(x.shape[0], self.act_dim, generator=generator).to(self.device)
+        action = self.chain(x, eps)
+        action = action[0] if single else action
+        return action.cpu().numpy() if as_numpy else action.to(out_device)
+
+    __call__ = act
+
+    def export(self, path: str | Path) -> Path:
+        """Write the acting chain as TorchScript (``torch.jit.load(path)(obs, noise)``)."""
+        path = Path(path)
+        import lightning.pytorch as pl
+
+        example = (torch.zeros(2, self.obs_dim, device=self.device), torch.zeros(2, self.act_dim, device=self.device))
+        # Lightning's own switch for TorchScript (used by LightningModule.to_torchscript): while it
+        # is on, a module without a Trainer does not raise when the tracer inspects its attributes.
+        lightning_modules = [m for m in self.chain.modules() if isinstance(m, pl.LightningModule)]
+        for m in lightning_modules:
+            m._jit_is_scripting = True
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # RunningNorm's "no statistics yet" branch reads a tensor as a bool: for a trained
+                # policy the statistics are frozen, so recording that branch as a constant is right.
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                traced = torch.jit.trace(self.chain.eval(), example, check_trace=False)
+        finally:
+            for m in lightning_modules:
+                m._jit_is_scripting = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.jit.save(traced, str(path))
+        return path
+
+
+def load_policy(checkpoint: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """The acting policy of a GoRL checkpoint (``last.ckpt`` of any ``gorl fit``), built without an env.
+
+    Raises :class:`~gorl.errors.CheckpointError` for a missing, unreadable or non-GoRL file, and
+    for an encoder that is not a latent Gaussian (PPO, SAC); whole-policy baselines (FPO, DPPO)
+    act through their own chains.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (any unreadable file is the same user-facing problem)
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or "gorl_loop" not in ckpt:
+        raise CheckpointError(f"{path} is not a GoRL checkpoint")
+    meta = ckpt.get(META_KEY)
+    if meta is None:
+        raise CheckpointError(f"{path} was written before checkpoints carried the policy's classes; resume it once "
+                              "(gorl fit --ckpt_path ...) to write a checkpoint load_policy can read")
+    device = torch.device(device)
+    obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
+    state = ckpt["state_dict"]
+    encoder = _build(meta["encoder"], obs_dim, act_dim)
+    encoder.load_state_dict(_sub_state(state, "encoder."))
+    head = getattr(encoder, "latent_head", None)
+    if head is None:
+        raise CheckpointError(f"{meta['encoder']['class_path']} has no latent Gaussian head (load_policy supports the PPO and SAC encoders)")
+    stage = int(ckpt["gorl_loop"]["state"]["stage"])
+    decoder = None
+    if stage > 0:
+        decoder = _build(meta["decoder"], obs_dim, act_dim)
+        decoder.load_state_dict(_sub_state(state, "decoder."))
+    from gorl.networks import ActionSquash
+
+    squash = ActionSquash(state["squash.low"], state["squash.high"])
+    chain = ActingChain(head, decoder, squash).to(device).eval()
+    return Policy(chain, obs_dim, act_dim, stage, meta.get("task", ""), device)
+
+
+def export_main(argv: list[str]) -> None:
+    """``gorl export --ckpt_path C --out policy.pt``."""
+    p = argparse.ArgumentParser(prog="gorl export", description="Write a checkpoint's acting policy as TorchScript "
+                                "(load: torch.jit.load(out); act: module(obs [n, obs_dim], noise [n, act_dim]), noise = 0 is deterministic).")
+    p.add_argument("--ckpt_path", required=True, help="a GoRL checkpoint (e.g. runs/gorl/version_0/checkpoints/last.ckpt)")
+    p.add_argument("--out", required=True, help="where to write the TorchScript file")
+    args = p.parse_args(argv)
+    try:
+        policy = load_policy(args.ckpt_path)
+        out = policy.export(args.out)
+    except GoRLError as err:
+        sys.stderr.write(f"gorl: error: {err}\n")
+        sys.exit(2)
+    print(f"gorl: wrote {out} (stage {policy.stage} policy of {policy.task}: obs [n, {policy.obs_dim}] + noise [n, {policy.act_dim}] -> action)")
