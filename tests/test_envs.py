@@ -244,3 +244,20 @@ def test_toy_bandit_rewards_both_modes_equally():
     assert torch.allclose(r_plus, torch.ones(4, 1)) and torch.allclose(r_minus, torch.ones(4, 1))
     assert (env.reward(ctx, torch.zeros(4, 1)) < 0.01).all()  # the valley between the modes
     assert np.isfinite(env.rollout(12)["next", "reward"].numpy()).all()
+
+
+def test_num_workers_auto_uses_the_cores_this_process_may_run_on(monkeypatch):
+    import os
+
+    from gorl.envs.factory import EnvConfig, auto_workers
+    from gorl.errors import ConfigError
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert EnvConfig(num_workers="auto").num_workers == 8 == auto_workers()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share its cores
+    assert EnvConfig(num_workers="auto").num_workers == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert EnvConfig(num_workers="auto").num_workers == 1
+    with pytest.raises(ConfigError, match="positive integer or 'auto'"):
+        EnvConfig(num_workers="many")

@@ -16,9 +16,10 @@ observation key, action range and batch layout:
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torchrl.data import Bounded, Composite
@@ -37,7 +38,9 @@ class EnvConfig:
         task: dm_control suite task ``domain-task`` (e.g. ``hopper-stand``) or ``toy-bandit``.
             Ignored when ``factory`` is set.
         num_envs: env copies stepped as one batch in each process.
-        num_workers: processes; each steps ``num_envs`` copies (1 = in-process). dm_control tasks
+        num_workers: processes; each steps ``num_envs`` copies (1 = in-process; ``auto`` = one per
+            CPU core this process may use, divided among the ranks of a multi-process run on one
+            machine, see :func:`auto_workers`; this process steps one shard itself). dm_control tasks
             give one flat batch of ``num_workers * num_envs``; other envs run under TorchRL's
             ``ParallelEnv`` with batch ``[num_workers, num_envs]``.
         factory: import path ``module:function`` (or ``module.function``) of your own env maker.
@@ -47,15 +50,29 @@ class EnvConfig:
 
     task: str = "cheetah-run"
     num_envs: int = 16
-    num_workers: int = 1
+    num_workers: int | Literal["auto"] = 1
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_envs: int = 8
 
     def __post_init__(self) -> None:
+        if self.num_workers == "auto":
+            self.num_workers = auto_workers()
+        elif isinstance(self.num_workers, str):
+            raise ConfigError(f"env.num_workers must be a positive integer or 'auto', got {self.num_workers!r}")
         for name in ("num_envs", "num_workers", "eval_envs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"env.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def auto_workers() -> int:
+    """Env processes for ``num_workers: auto``: the CPU cores this process may run on (its affinity
+    mask, not the machine's count), shared among the ranks of a multi-process run on this machine
+    (``LOCAL_WORLD_SIZE``, set by Lightning and torchrun), at least 1. The parent steps one shard,
+    so this many processes use this many cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores // ranks)
 
 
 def _import(path: str) -> Callable[..., EnvBase]:

@@ -1,0 +1,82 @@
+"""How many refit steps a decoder needs to learn a multimodal, state-conditioned action distribution.
+
+The target of ``tests/test_refit_converges.py`` (three modes on the unit circle whose angle moves
+with a context observation, four distractor observation dims, 28,800 training pairs: the quick
+start's refit data size). Each shipped CPU decoder (``conf/decoder/{flow,diffusion}_cpu.yaml``) is
+fitted with the CPU refit preset (``conf/refinement/cpu.yaml``), and the share of samples within
+0.15 of a mode centre (and the smallest mode's share) is printed along the fit, then for the
+best-validation weights the preset keeps. A Gaussian fitted by maximum likelihood is the reference.
+
+    python benchmarks/refit_modes.py            # ~3 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from gorl.refinement import DecoderFit, clip_targets
+from tests.test_refit_converges import CONTEXTS, mode_score, probe, shipped_decoder, shipped_refinement, three_modes
+
+CHECKPOINTS = (100, 300, 500, 1000, 1500)
+
+
+def score(decoder) -> tuple[float, float]:
+    """Mean over the probe contexts of (share near a mode, smallest mode's share)."""
+    near, smallest = [], []
+    for context in CONTEXTS:
+        with torch.no_grad():
+            samples = decoder.decode(probe(context, 3000, seed=2), torch.randn(3000, 2))
+        n, per_mode = mode_score(samples, context)
+        near.append(n)
+        smallest.append(min(per_mode))
+    return sum(near) / len(near), sum(smallest) / len(smallest)
+
+
+def gaussian_score() -> tuple[float, float]:
+    data = three_modes(28_800, seed=0)
+    x = torch.cat([data["observation"], torch.ones(len(data), 1)], 1)
+    w = torch.linalg.lstsq(x, data["action"]).solution
+    std = (data["action"] - x @ w).std(0)
+    near, smallest = [], []
+    for context in CONTEXTS:
+        obs = probe(context, 3000, seed=2)
+        samples = torch.cat([obs, torch.ones(3000, 1)], 1) @ w + std * torch.randn(3000, 2)
+        n, per_mode = mode_score(samples, context)
+        near.append(n)
+        smallest.append(min(per_mode))
+    return sum(near) / len(near), sum(smallest) / len(smallest)
+
+
+def main() -> None:
+    cfg = shipped_refinement()
+    print(f"# refinement/cpu.yaml: {cfg.steps} steps, batch {cfg.batch_size}, validation every {cfg.val_every}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'decoder':<16}{'steps':>7}{'near a mode':>13}{'smallest mode':>15}{'seconds':>9}")
+    torch.manual_seed(0)
+    near, smallest = gaussian_score()
+    print(f"{'gaussian (MLE)':<16}{'-':>7}{near:>13.2f}{smallest:>15.2f}{'-':>9}")
+    for name in ("flow_cpu", "diffusion_cpu"):
+        torch.manual_seed(0)
+        train = clip_targets(three_modes(28_800, seed=0), cfg.target_clip)
+        val = clip_targets(three_modes(3_200, seed=1), cfg.target_clip)
+        dec = shipped_decoder(name, 5, 2)
+        dec.fit_obs_statistics(train["observation"])
+        opt = dec.configure_optimizers()
+        fit = DecoderFit(cfg, train, val)
+        t0, spent = time.perf_counter(), 0.0
+        while not fit.done:
+            fit.step(dec, lambda loss: (opt.zero_grad(), loss.backward(), opt.step()))
+            spent = time.perf_counter() - t0
+            if fit.steps in CHECKPOINTS:
+                near, smallest = score(dec)
+                print(f"{name:<16}{fit.steps:>7}{near:>13.2f}{smallest:>15.2f}{spent:>9.0f}", flush=True)
+                t0 = time.perf_counter() - spent  # scoring is not fitting time
+        dec.load_state_dict(fit.best_state)
+        near, smallest = score(dec)
+        print(f"{name + ' kept':<16}{fit.best_step:>7}{near:>13.2f}{smallest:>15.2f}{spent:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
