@@ -113,7 +113,7 @@ def test_progress_bar_counts_frames_and_names_stage_and_phase(tb_run):
     _, res = tb_run
     updates = re.split(r"[\r\n]", res.stderr)
     assert any(re.search(r"stage 0 encoder: .*\| \d+/1\.02k frames \[.*eval/return=.*fps=", u) for u in updates), res.stderr[-3000:]
-    assert any(re.search(r"stage \d decoder: epoch \d/3: .*val_loss=", u) for u in updates)
+    assert any(re.search(r"stage \d decoder: step \d/6: .*val_loss=", u) for u in updates)
     assert any(re.search(r"^done: 100%.*1\.02k/1\.02k frames", u) for u in updates)
     assert "Epoch 0" not in res.stderr and "v_num" not in res.stderr
     assert "frames [" not in res.stdout  # the bar is on stderr
