@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from gorl.refinement import DecoderFit, clip_targets
-from tests.test_refit_converges import CONTEXTS, mode_score, probe, shipped_decoder, shipped_refinement, three_modes
+from tests.test_refit_converges import CONTEXTS, fit_shipped, mode_score, probe, shipped_refinement, three_modes
 
 CHECKPOINTS = (100, 300, 500, 1000, 1500)
 
@@ -58,24 +57,19 @@ def main() -> None:
     near, smallest = gaussian_score()
     print(f"{'gaussian (MLE)':<16}{'-':>7}{near:>13.2f}{smallest:>15.2f}{'-':>9}")
     for name in ("flow_cpu", "diffusion_cpu"):
-        torch.manual_seed(0)
-        train = clip_targets(three_modes(28_800, seed=0), cfg.target_clip)
-        val = clip_targets(three_modes(3_200, seed=1), cfg.target_clip)
-        dec = shipped_decoder(name, 5, 2)
-        dec.fit_obs_statistics(train["observation"])
-        opt = dec.configure_optimizers()
-        fit = DecoderFit(cfg, train, val)
-        t0, spent = time.perf_counter(), 0.0
-        while not fit.done:
-            fit.step(dec, lambda loss: (opt.zero_grad(), loss.backward(), opt.step()))
-            spent = time.perf_counter() - t0
+        clock = {"start": time.perf_counter(), "spent": 0.0}
+
+        def report(fit, dec, name=name, clock=clock) -> None:
+            clock["spent"] += time.perf_counter() - clock["start"]
             if fit.steps in CHECKPOINTS:
                 near, smallest = score(dec)
-                print(f"{name:<16}{fit.steps:>7}{near:>13.2f}{smallest:>15.2f}{spent:>9.0f}", flush=True)
-                t0 = time.perf_counter() - spent  # scoring is not fitting time
+                print(f"{name:<16}{fit.steps:>7}{near:>13.2f}{smallest:>15.2f}{clock['spent']:>9.0f}", flush=True)
+            clock["start"] = time.perf_counter()  # scoring is not fitting time
+
+        fit, dec = fit_shipped(name, report)
         dec.load_state_dict(fit.best_state)
         near, smallest = score(dec)
-        print(f"{name + ' kept':<16}{fit.best_step:>7}{near:>13.2f}{smallest:>15.2f}{spent:>9.0f}")
+        print(f"{name + ' kept':<16}{fit.best_step:>7}{near:>13.2f}{smallest:>15.2f}{clock['spent']:>9.0f}")
 
 
 if __name__ == "__main__":

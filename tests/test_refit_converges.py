@@ -11,6 +11,7 @@ The score: the share of samples within 0.15 of a mode centre, and each mode's sh
 import importlib
 import math
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -62,11 +63,11 @@ def shipped_refinement() -> RefinementConfig:
     return RefinementConfig(**_load(CONF / "refinement" / "cpu.yaml"))
 
 
-@pytest.mark.parametrize("decoder", ["flow_cpu", "diffusion_cpu"])
-def test_cpu_refit_preset_fits_three_state_conditioned_modes(decoder):
+def fit_shipped(decoder: str, after_round: Callable[[DecoderFit, torch.nn.Module], None] | None = None) -> tuple[DecoderFit, torch.nn.Module]:
+    """Fit a shipped CPU decoder with the shipped CPU refit preset on the quick start's refit data
+    size (32,000 frames, 10% held out); ``after_round`` sees the fit after every round."""
     torch.manual_seed(0)
     cfg = shipped_refinement()
-    # The quick start's refit data: 32,000 frames, 10% held out.
     train = clip_targets(three_modes(28_800, seed=0), cfg.target_clip)
     val = clip_targets(three_modes(3_200, seed=1), cfg.target_clip)
     dec = shipped_decoder(decoder, 5, 2)
@@ -75,6 +76,15 @@ def test_cpu_refit_preset_fits_three_state_conditioned_modes(decoder):
     fit = DecoderFit(cfg, train, val)
     while not fit.done:
         fit.step(dec, lambda loss: (opt.zero_grad(), loss.backward(), opt.step()))
+        if after_round is not None:
+            after_round(fit, dec)
+    return fit, dec
+
+
+@pytest.mark.parametrize("decoder", ["flow_cpu", "diffusion_cpu"])
+def test_cpu_refit_preset_fits_three_state_conditioned_modes(decoder):
+    fit, dec = fit_shipped(decoder)
+    cfg = shipped_refinement()
     assert fit.steps == cfg.steps  # a fit measured in steps runs its steps (no early stop)
     dec.load_state_dict(fit.best_state)
     for context in CONTEXTS:
