@@ -318,7 +318,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + md)
     from gorl.analysis.plots import plot_runs
 
-    fig = plot_runs([(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells])
+    split = tuple(args.stages) if args.stages else GORL_STAGES
+    refining = any(m.refines for m in methods.values())
+    bounds = [args.budget * sum(split[:k]) for k in range(1, len(split))] if refining else []
+    fig = plot_runs([(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells], boundaries=bounds)
     fig.savefig(out / "figure.png", dpi=120)
     print(f"[bench] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
 

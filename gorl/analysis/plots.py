@@ -179,6 +179,7 @@ def plot_runs(
     spread: str = "std",
     points: int = 200,
     panel_size: tuple[float, float] = (4.0, 3.0),
+    boundaries: Sequence[float] = (),
 ) -> Figure:
     """Paper-style comparison: one panel per task, one line per method, mean and spread over seeds.
 
@@ -187,6 +188,8 @@ def plot_runs(
             The task comes from the run's saved ``config.yaml`` (``model.env.task``).
         spread: ``std`` (mean +- one standard deviation), ``sem`` (standard error) or ``minmax``.
         points: seeds are interpolated onto this many points, up to the shortest seed's last ``x``.
+        boundaries: ``x`` positions to mark with a dotted line (e.g. the GoRL stage boundaries of
+            a ``gorl bench`` matrix, where every GoRL run refits at the same frames).
     """
     groups: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
     for run_dir, label in runs:
@@ -212,6 +215,8 @@ def plot_runs(
                 lo, hi = mean - dev, mean + dev
             ax.plot(grid, mean, color=colors[label], lw=1.6, label=f"{label} (n={len(ys)})")
             ax.fill_between(grid, lo, hi, color=colors[label], alpha=0.2, lw=0)
+        for pos in boundaries:
+            ax.axvline(pos, color="k", ls=":", lw=1)
         ax.set(title=task, xlabel="env frames" if x == "loop/frames" else x, ylabel=y)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
         ax.grid(alpha=0.3)
