@@ -12,11 +12,14 @@ best-validation weights the preset keeps. A Gaussian fitted by maximum likelihoo
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from tests.test_refit_converges import CONTEXTS, fit_shipped, mode_score, probe, shipped_refinement, three_modes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the target lives with its test in tests/
+from tests.test_refit_converges import CONTEXTS, fit_shipped, mode_score, probe, shipped_refinement, three_modes  # noqa: E402
 
 CHECKPOINTS = (100, 300, 500, 1000, 1500)
 
