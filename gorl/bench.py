@@ -141,9 +141,10 @@ def stage_records(rows: list[dict]) -> list[dict]:
         rec = stages.setdefault(int(float(r["loop/stage"])), {"initial": None, "evals": []})
         if r.get("stage/initial_return"):
             rec["initial"] = float(r["stage/initial_return"])
-            for key in ("fit_steps", "fit_seconds", "best_val_loss"):
-                if r.get(f"stage/{key}"):
-                    rec[key] = float(r[f"stage/{key}"])
+            for key, column in (("fit_steps", "stage/fit_steps"), ("best_val_loss", "stage/best_val_loss"),
+                                ("fit_seconds", "perf/fit_seconds"), ("fit_seconds", "stage/fit_seconds")):  # the latter: runs of 2026-12-02
+                if r.get(column):
+                    rec[key] = float(r[column])
         if r.get("eval/return"):
             rec["evals"].append(float(r["eval/return"]))
     out = []

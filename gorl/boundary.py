@@ -102,7 +102,9 @@ def begin_stage(system: "GoRLSystem", fit: "DecoderFit") -> None:
                drop_from_final=prev["final"] - system.last_eval_return)
     system.record_metrics({"stage/initial_return": rec["initial"], "stage/drop_from_best": rec["drop_from_best"],
                            "stage/drop_from_final": rec["drop_from_final"], "stage/fit_steps": prev["fit_steps"],
-                           "stage/fit_seconds": prev["fit_seconds"], "stage/best_val_loss": prev["best_val_loss"]})
+                           "stage/best_val_loss": prev["best_val_loss"],
+                           # a wall time: under perf/ with the other timings, which runs of one seed need not share
+                           "perf/fit_seconds": prev["fit_seconds"]})
     rank_zero_info(
         f"[gorl] stage {st.stage} starts at eval return {rec['initial']:.1f} "
         f"(stage {st.stage - 1}: best {prev['best']:.1f}, final {prev['final']:.1f}; "

@@ -44,7 +44,9 @@ def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
 
 @pytest.mark.parametrize(
     "marker, expected_phase",
-    [("[gorl] stage 1 | frames", "encoder"), ("[gorl] stage 0 decoder step 3/", "decoder")],
+    # Stage 1's first line is its initial evaluation, printed inside the boundary iteration before
+    # that iteration's phase-change checkpoint: kill at the next evaluation, inside the encoder phase.
+    [("[gorl] stage 1 | frames 1,280", "encoder"), ("[gorl] stage 0 decoder step 3/", "decoder")],
     ids=["mid-encoder-phase", "mid-decoder-refinement"],
 )
 def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_phase):
@@ -68,20 +70,21 @@ def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_p
 
 
 def test_a_run_killed_between_frame_checkpoints_resumes_from_the_time_based_one(tmp_path):
-    # Frame checkpoints far apart and no phase change before the kill: only the clock can have
-    # written last.ckpt (every 0.01 min = 0.6 s).
-    plan = [*PLAN, "--checkpoint.every_frames", "1e9", "--checkpoint.every_minutes", "0.01"]
-    _kill_when("[gorl] stage 0 | frames 640", tmp_path, plan)
+    # Frame checkpoints far apart and no phase change before the kill (a long stage 0: 64 iterations,
+    # killed after 33): only the clock can have written last.ckpt (every 0.001 min = 60 ms).
+    long_stage = [*PLAN, "--model.loop.stages", "[8192, 1024]", "--checkpoint.every_frames", "1e9"]
+    plan = [*long_stage, "--checkpoint.every_minutes", "0.001"]
+    _kill_when("[gorl] stage 0 | frames 4,224", tmp_path, plan)
     (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
     saved = torch.load(ckpt, weights_only=True)["gorl_loop"]["state"]
-    assert saved["stage"] == 0 and saved["phase"] == "encoder" and 0 < saved["frames"] <= 640
+    assert saved["stage"] == 0 and saved["phase"] == "encoder" and 0 < saved["frames"] <= 4224
     res = run_gorl("fit", *plan, "--ckpt_path", "last", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from runs/gorl/version_0/checkpoints/last.ckpt" in res.stderr and "finished stage 1" in res.stdout + res.stderr
-    without = [*PLAN, "--checkpoint.every_frames", "1e9", "--checkpoint.every_minutes", "null"]
+    without = [*long_stage, "--checkpoint.every_minutes", "null"]
     other = tmp_path / "without"
     other.mkdir()
-    _kill_when("[gorl] stage 0 | frames 640", other, without)
+    _kill_when("[gorl] stage 0 | frames 4,224", other, without)
     assert not list(other.glob("runs/gorl/version_0/checkpoints/last.ckpt"))  # the clock is what saved the run
 
 
