@@ -102,7 +102,7 @@ def test_pairwise_term_is_the_only_way_a_rollout_latent_enters_a_fit():
     assert "latent" not in decoder_pairs(rollout).keys()
     assert torch.equal(decoder_pairs(rollout, keep_latent=True)["latent"], rollout["latent"].reshape(-1, 2))
 
-    train, val = _pairs(), _pairs(64, seed=1)
+    val = _pairs(64, seed=1)
     z1, z2 = torch.randn(256, 2), torch.full((256, 2), float("nan"))
     off = RefinementConfig(transitions=256, steps=6, val_every=3, batch_size=32, pairwise_weight=0.0)
     fit_a, dec_a = _run_fit(off, _pairs(latent=z1), val)

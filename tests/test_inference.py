@@ -17,7 +17,6 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 import gorl
 from gorl.encoders import LatentSAC
 from gorl.errors import CheckpointError
-from gorl.loop import LoopConfig
 from tests.conftest import CONF, run_gorl
 from tests.test_loop import smoke_system
 
