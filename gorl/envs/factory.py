@@ -6,6 +6,8 @@ observation key, action range and batch layout:
 - ``task: cheetah-run``: a :class:`~gorl.envs.dmc.DMControlBatchEnv` of ``num_envs`` instances;
   with ``num_workers > 1`` it steps ``num_workers * num_envs`` instances as one flat batch, one
   shard per process (this one included), which is how a run uses several cores;
+- ``backend: mjx``: the same suite task on MuJoCo Playground's MJX port (:mod:`gorl.envs.mjx`),
+  the authors' simulator, one batch of ``num_envs`` on ``device`` (one process: MJX batches itself);
 - ``task: toy-bandit``: the toy multimodal task of :mod:`gorl.envs.bandit`;
 - ``factory: my_pkg.envs:make_env``: bring your own env — any callable returning a TorchRL
   ``EnvBase`` with a continuous, bounded action spec. Unbatched envs are stacked with TorchRL's
@@ -28,6 +30,7 @@ from torchrl.envs import CatTensors, EnvBase, EnvCreator, ParallelEnv, SerialEnv
 from gorl.errors import ConfigError
 
 TOY_TASKS = ("toy-bandit",)
+BACKENDS = ("dmc", "mjx")
 
 
 @dataclass
@@ -46,6 +49,12 @@ class EnvConfig:
         factory: import path ``module:function`` (or ``module.function``) of your own env maker.
         factory_kwargs: keyword arguments for ``factory``.
         eval_envs: copies used for deterministic evaluation (one episode each).
+        backend: simulator of a suite task: ``dmc`` (dm_control, CPU processes) or ``mjx``
+            (MuJoCo Playground on JAX; needs the ``mjx`` extra).
+        mjx_impl: MJX pipeline for ``backend: mjx``: ``warp`` (Playground 0.2.0's default) or
+            ``jax`` (:mod:`gorl.envs.mjx` says how they compare).
+        device: where the env's outputs live: ``cpu``, or ``cuda[:k]`` for ``backend: mjx`` on a
+            GPU (the simulator runs there and hands its arrays to torch without a copy).
     """
 
     task: str = "cheetah-run"
@@ -54,8 +63,22 @@ class EnvConfig:
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_envs: int = 8
+    backend: str = "dmc"
+    mjx_impl: str = "warp"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"env.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "mjx":
+            if self.factory is not None or self.task in TOY_TASKS:
+                raise ConfigError("env.backend: mjx runs dm_control suite tasks only (not env.factory or toy tasks)")
+            if self.num_workers == "auto":
+                self.num_workers = 1  # MJX steps the whole batch in one call; processes add nothing
+            elif self.num_workers != 1:
+                raise ConfigError(f"env.num_workers must be 1 with env.backend: mjx (it batches on one device), got {self.num_workers}")
+        elif self.device != "cpu":
+            raise ConfigError(f"env.device {self.device!r} needs env.backend: mjx (dm_control and custom envs step on the CPU)")
         if self.num_workers == "auto":
             self.num_workers = auto_workers()
         elif isinstance(self.num_workers, str):
@@ -91,6 +114,11 @@ def _base_maker(cfg: EnvConfig, seed: int, num_envs: int) -> tuple[Callable[[], 
         from gorl.envs.bandit import ToyBanditEnv
 
         return partial(ToyBanditEnv, num_envs=num_envs, seed=seed), True
+    if cfg.backend == "mjx":
+        from gorl.envs.mjx import MJXBatchEnv, check_task
+
+        check_task(cfg.task)
+        return partial(MJXBatchEnv, cfg.task, num_envs=num_envs, seed=seed, device=cfg.device, impl=cfg.mjx_impl), True
     from gorl.envs.dmc import DMControlBatchEnv, parse_task
 
     parse_task(cfg.task)  # fail fast with the list of valid tasks, before any process starts
@@ -98,7 +126,7 @@ def _base_maker(cfg: EnvConfig, seed: int, num_envs: int) -> tuple[Callable[[], 
 
 
 def _is_dm_control(cfg: EnvConfig) -> bool:
-    return cfg.factory is None and cfg.task not in TOY_TASKS
+    return cfg.factory is None and cfg.task not in TOY_TASKS and cfg.backend == "dmc"
 
 
 def _flatten_observation(env: EnvBase) -> EnvBase:
@@ -153,7 +181,13 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, num_workers
 
 
 def env_dims(cfg: EnvConfig) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-    """(obs_dim, act_dim, action_low, action_high) of ``cfg``'s env, from one small probe env."""
+    """(obs_dim, act_dim, action_low, action_high) of ``cfg``'s env, from one small probe env
+    (for MJX from the model, without compiling a one-env batch)."""
+    if cfg.backend == "mjx":
+        from gorl.envs.mjx import mjx_dims
+
+        obs_dim, act_dim = mjx_dims(cfg.task, cfg.mjx_impl)
+        return obs_dim, act_dim, -torch.ones(act_dim), torch.ones(act_dim)
     env = make_env(cfg, seed=0, num_envs=1, num_workers=1)
     try:
         spec = env.action_spec

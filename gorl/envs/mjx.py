@@ -1,0 +1,312 @@
+"""MuJoCo Playground's DM Control Suite ports on MJX (JAX) as one batched TorchRL ``EnvBase``.
+
+Why this backend exists: the paper's numbers come from Playground's MJX ports of the suite, not
+from dm_control (the authors' ``requirements.txt`` pins ``playground==0.0.5`` and
+``mujoco-mjx==3.3.6``; their scripts build envs with ``mujoco_playground.registry.load``). A user
+who sets our curves beside theirs needs the same simulator, and on a GPU MJX steps thousands of envs
+in one call. On a CPU dm_control is the faster simulator (``benchmarks/throughput.py`` measures
+both); the README says when to pick which.
+
+How a batch step works: the ``N`` envs are one vmapped Playground state, stepped by one jitted call
+``step(state, t, action)``. Torch and JAX exchange arrays through DLPack on the env's device, with
+no copies: the action tensor is viewed as a JAX array, the outputs are viewed as torch tensors.
+
+Conventions (the same as :class:`~gorl.envs.dmc.DMControlBatchEnv`):
+
+- ``observation``: Playground's flat float32 observation vector;
+- ``action`` in ``[-1, 1]``, rescaled affinely to the actuators' ``ctrlrange`` when it differs;
+- the episode limit (1000 steps, Playground's ``episode_length``) is ``truncated``: GAE bootstraps
+  through it; a state Playground marks ``done`` (its suite ports set it on a non-finite physics
+  state) is ``terminated``;
+- partial auto-reset through TorchRL's ``_reset`` mask, which collectors pass: every reset draws a
+  fresh initial state from env ``i``'s own key stream, seeded ``seed + i``, so env ``i``'s episodes
+  do not depend on when the other envs reset. (Playground's Brax training wrapper by default
+  returns to a cached first state instead; we follow dm_control, where each episode draws anew.)
+
+Process-wide settings made on import, before JAX starts:
+
+- ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless the user set it: by default JAX claims 75% of a
+  GPU's memory at its first operation, leaving torch's networks too little. With it off JAX
+  allocates what it uses.
+- JAX's persistent compilation cache in ``$GORL_JAX_CACHE`` (default ``~/.cache/gorl/jax``), so the
+  step function compiles once per machine rather than once per process; ``GORL_JAX_CACHE=off``
+  turns it off. MJX's Warp pipeline also caches its kernels (in ``~/.cache/warp``).
+
+Simulator pipeline (``impl``): Playground 0.2.0's suite configs default to ``warp`` (MuJoCo Warp
+kernels called from JAX), and ``jax`` is MJX's original pure-JAX pipeline. Both simulate the same
+model with the same solver settings. On this project's CPU machines ``jax`` compiled several times
+slower and stepped an order of magnitude slower (``benchmarks/throughput.py --mjx`` measures it),
+so ``warp`` is our default; ``env.mjx_impl: jax`` selects the other.
+
+The Warp pipeline prints "solver iterations limit reached" on every step for most suite tasks:
+their models cap the constraint solver at a few iterations on purpose (Playground's ports set
+``iterations`` low for speed). We turn that one overflow warning off; other overflow warnings stay.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import torch  # noqa: E402
+from tensordict import TensorDict, TensorDictBase  # noqa: E402
+from torchrl.data import Bounded, Categorical, Composite, Unbounded  # noqa: E402
+from torchrl.envs import EnvBase  # noqa: E402
+
+from gorl.errors import ConfigError  # noqa: E402
+
+IMPLS = ("warp", "jax")
+EPISODE_LENGTH = 1000  # Playground's suite default (``episode_length`` in every suite config)
+INSTALL_HINT = "the mjx backend needs the optional extra: pip install -e '.[mjx]'"
+
+
+def _modules() -> tuple[Any, Any]:
+    """(jax, mujoco_playground.registry), or a :class:`ConfigError` that says how to install them."""
+    try:
+        import jax
+        import warp
+
+        # Warp's INFO log prints a banner and one line per kernel module it loads (~40 at the first
+        # step); warnings and errors still print.
+        warp.config.log_level = max(warp.config.log_level, 30)
+        from mujoco_playground import registry
+    except ImportError as err:
+        raise ConfigError(f"{INSTALL_HINT} ({err})") from None
+    _compilation_cache(jax)
+    return jax, registry
+
+
+_CACHE_SET = False
+
+
+def _compilation_cache(jax: Any) -> None:
+    global _CACHE_SET
+    if _CACHE_SET:
+        return
+    _CACHE_SET = True
+    path = os.environ.get("GORL_JAX_CACHE", str(Path.home() / ".cache" / "gorl" / "jax"))
+    if path.strip().lower() in ("off", "0", "none", ""):
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Cache every compile that takes over a second: the step and reset functions (tens of seconds
+    # on a CPU), not the many tiny dispatch-level ones.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def playground_name(task: str) -> str:
+    """``"finger-turn_hard"`` -> ``"FingerTurnHard"``: Playground's name of a suite task."""
+    return "".join(part.capitalize() for part in re.split(r"[-_]", task))
+
+
+def mjx_tasks() -> list[str]:
+    """The suite tasks Playground ports, as the ``domain-task`` names dm_control uses."""
+    from gorl.envs.dmc import suite_tasks
+
+    _, registry = _modules()
+    ported = set(registry.dm_control_suite.ALL_ENVS)
+    return [t for t in suite_tasks() if playground_name(t) in ported]
+
+
+def check_task(task: str) -> str:
+    """Playground's name for ``task``, or a :class:`ConfigError` listing the ported tasks."""
+    _, registry = _modules()
+    name = playground_name(task)
+    if name not in registry.dm_control_suite.ALL_ENVS:
+        raise ConfigError(f"task {task!r} has no MuJoCo Playground port (env.backend: mjx); ported tasks: {', '.join(mjx_tasks())}")
+    return name
+
+
+def check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ConfigError(f"env.mjx_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+
+
+def _quiet_solver_warning(env: Any) -> None:
+    """Turn off the Warp pipeline's per-step "solver iterations limit reached" print (the module
+    docstring says why it fires); a pure-JAX model has no such flag."""
+    model = env.mjx_model
+    opt_impl = getattr(model.opt, "_impl", None)
+    if opt_impl is None or not hasattr(opt_impl, "warn_overflow"):
+        return
+    from mujoco.mjx.third_party.mujoco_warp._src.types import OverflowType
+
+    flags = int(opt_impl.warn_overflow) & ~int(OverflowType.ITERATIONS)
+    env._mjx_model = model.replace(opt=model.opt.replace(_impl=opt_impl.replace(warn_overflow=flags)))
+
+
+@lru_cache(maxsize=None)
+def _playground_env(task: str, impl: str) -> Any:
+    """One Playground env object per (task, impl) and process: its jitted functions below are
+    cached with it, so the eval env and the train env of a run share compiled code."""
+    check_impl(impl)
+    _, registry = _modules()
+    import mujoco
+
+    name = check_task(task)
+    # The suite's XML (cheetah, hopper) uses a deprecated compiler attribute; MuJoCo warns at every
+    # model compile. dm_control's loader routes that warning to absl, which we quiet (dmc.py); here
+    # it goes to MuJoCo's own handler, silenced for the load only.
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)
+    try:
+        env = registry.load(name, config_overrides={"impl": impl})
+    finally:
+        mujoco.set_mju_user_warning(previous)
+    _quiet_solver_warning(env)
+    return env
+
+
+def mjx_dims(task: str, impl: str = "warp") -> tuple[int, int]:
+    """(obs_dim, act_dim) of a task without compiling anything."""
+    env = _playground_env(task, impl)
+    return int(env.observation_size), int(env.action_size)
+
+
+@lru_cache(maxsize=None)
+def _functions(task: str, impl: str, episode_length: int) -> tuple[Any, Any, Any]:
+    """The jitted batch ``step``, ``fresh`` (initial states) and masked ``merge`` of a task
+    (each compiled per batch size on first use)."""
+    jax, _ = _modules()
+    jnp = jax.numpy
+    env = _playground_env(task, impl)
+    low, high = (jnp.asarray(x, dtype=jnp.float32) for x in env.mj_model.actuator_ctrlrange.T)
+    rescale = not (bool(jnp.allclose(low, -1.0)) and bool(jnp.allclose(high, 1.0)))
+    step_batch, reset_batch = jax.vmap(env.step), jax.vmap(env.reset)
+
+    def step(state, t, action):
+        if rescale:
+            action = low + (action + 1.0) * 0.5 * (high - low)
+        state = step_batch(state, action)
+        t = t + 1
+        terminated = state.done > 0
+        truncated = (t >= episode_length) & ~terminated
+        return state, t, state.obs, state.reward[:, None], terminated[:, None], truncated[:, None]
+
+    def fresh(keys):
+        split = jax.vmap(jax.random.split)(keys)
+        return reset_batch(split[:, 1]), split[:, 0]
+
+    def merge(fresh_state, next_keys, state, t, keys, mask):
+        n = mask.shape[0]
+
+        def pick(new, old):
+            # Leaves without the batch dimension (the Warp pipeline's contact buffers, shared by all
+            # worlds) are scratch space, kept as they are (as Playground's own auto-reset does,
+            # mujoco_playground/_src/wrapper.py, BraxAutoResetWrapper.step).
+            if new.ndim == 0 or new.shape[0] != n:
+                return old
+            return jnp.where(mask.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
+
+        state = jax.tree_util.tree_map(pick, fresh_state, state)
+        keys = jnp.where(mask[:, None], next_keys, keys)  # only a reset env moves on in its stream
+        return state, jnp.where(mask, 0, t), keys, state.obs, jnp.zeros((n, 1), bool), jnp.zeros((n, 1), bool)
+
+    # Two functions rather than one: the physics (``fresh``) compiles once per batch size, the
+    # masked merge (no physics, compiles in well under a second) is what differs between the first
+    # reset (no state yet) and the partial ones.
+    return jax.jit(step), jax.jit(fresh), jax.jit(merge)
+
+
+def _jax_device(jax: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return jax.devices("cpu")[0]
+    if device.type == "cuda":
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError as err:
+            raise ConfigError(f"env.device {device} needs JAX with CUDA (pip install 'jax[cuda12]'): {err}") from None
+        return gpus[device.index or 0]
+    raise ConfigError(f"env.device must be cpu or cuda[:k] for the mjx backend, got {device}")
+
+
+class MJXBatchEnv(EnvBase):
+    """``num_envs`` copies of a Playground suite task stepped as one batch ``[num_envs]``.
+
+    Args:
+        task: suite task ``domain-task`` (dm_control's names, e.g. ``cheetah-run``).
+        num_envs: env copies in the batch.
+        seed: env ``i`` draws its initial states from key ``seed + i``.
+        device: where the simulator runs and its outputs live (``cpu`` or ``cuda[:k]``).
+        impl: MJX pipeline, ``warp`` or ``jax`` (module docstring).
+        episode_length: steps before ``truncated`` (Playground's suite default 1000).
+    """
+
+    def __init__(self, task: str, num_envs: int = 16, seed: int = 0, device: str | torch.device = "cpu",
+                 impl: str = "warp", episode_length: int = EPISODE_LENGTH) -> None:
+        if num_envs < 1:
+            raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
+        if episode_length < 1:
+            raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
+        jax, _ = _modules()
+        device = torch.device(device)
+        self._jax, self._jdev = jax, _jax_device(jax, device)
+        super().__init__(batch_size=torch.Size([num_envs]), device=device)
+        self.task, self.num_envs, self.impl = task, num_envs, impl
+        obs_dim, act_dim = mjx_dims(task, impl)
+        self._step_fn, self._fresh_fn, self._merge_fn = _functions(task, impl, episode_length)
+        self._state = None
+        self._t = jax.device_put(jax.numpy.zeros(num_envs, jax.numpy.int32), self._jdev)
+        self._keys = None
+        self._set_seed(seed)
+
+        self.observation_spec = Composite(observation=Unbounded((num_envs, obs_dim), dtype=torch.float32, device=device),
+                                          shape=(num_envs,), device=device)
+        self.action_spec = Bounded(-1.0, 1.0, (num_envs, act_dim), dtype=torch.float32, device=device)
+        self.reward_spec = Unbounded((num_envs, 1), dtype=torch.float32, device=device)
+        self.done_spec = Composite(
+            done=Categorical(2, (num_envs, 1), dtype=torch.bool, device=device),
+            terminated=Categorical(2, (num_envs, 1), dtype=torch.bool, device=device),
+            truncated=Categorical(2, (num_envs, 1), dtype=torch.bool, device=device),
+            shape=(num_envs,), device=device,
+        )
+        self.is_closed = False  # see DMControlBatchEnv: TorchRL marks a new env closed
+
+    # --- torch <-> jax, zero-copy --------------------------------------------------------------
+    def _to_jax(self, tensor: torch.Tensor) -> Any:
+        """A JAX view of a torch tensor on the env's device (copied there first if it is elsewhere:
+        the one crossing a policy on another device costs)."""
+        tensor = tensor.detach().to(self.device, torch.float32).contiguous()
+        return self._jax.dlpack.from_dlpack(tensor)
+
+    def _out(self, obs: Any, reward: Any | None, terminated: Any, truncated: Any) -> TensorDictBase:
+        term, trunc = torch.from_dlpack(terminated), torch.from_dlpack(truncated)
+        data = {"observation": torch.from_dlpack(obs), "terminated": term, "truncated": trunc, "done": term | trunc}
+        if reward is not None:
+            data["reward"] = torch.from_dlpack(reward)
+        return TensorDict(data, batch_size=self.batch_size, device=self.device)
+
+    # --- EnvBase API -------------------------------------------------------------------------
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if self._state is None:
+            raise RuntimeError("MJXBatchEnv.step before reset")
+        self._state, self._t, obs, rew, term, trunc = self._step_fn(self._state, self._t, self._to_jax(tensordict.get("action")))
+        return self._out(obs, rew, term, trunc)
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        jnp = self._jax.numpy
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is None or self._state is None:
+            mask_j = self._jax.device_put(jnp.ones(self.num_envs, bool), self._jdev)
+        else:
+            mask_j = self._jax.dlpack.from_dlpack(mask.reshape(-1).to(self.device, torch.bool).contiguous())
+        fresh, next_keys = self._fresh_fn(self._keys)
+        state = fresh if self._state is None else self._state
+        self._state, self._t, self._keys, obs, term, trunc = self._merge_fn(fresh, next_keys, state, self._t, self._keys, mask_j)
+        return self._out(obs, None, term, trunc)
+
+    def _set_seed(self, seed: int | None) -> None:
+        if seed is None:
+            return
+        jax = self._jax
+        seeds = jax.numpy.arange(self.num_envs, dtype=jax.numpy.uint32) + jax.numpy.uint32(seed)
+        # Takes effect at the next reset, as for dm_control (the collector resets after seeding).
+        self._keys = jax.device_put(jax.vmap(jax.random.PRNGKey)(seeds), self._jdev)
+
+    def close(self, *, raise_if_closed: bool = True) -> None:  # noqa: D102
+        self._state = None
+        super().close(raise_if_closed=raise_if_closed)
