@@ -22,9 +22,15 @@ For each task, on the same machine and in the same process:
                one under ``bf16-mixed`` what autocast buys on this CPU;
   (d) gorl     the same loop in a GoRL encoder phase, acting through a 10-step flow and a
                10-step diffusion decoder.
+  (e) mjx      with ``--mjx``: the same batched-env measurement on the MJX backend (MuJoCo
+               Playground on JAX, ``env.backend: mjx``) at each ``--mjx-envs`` batch size, with
+               the seconds its first reset + step took (JAX compile; a warm persistent cache
+               shortens it), for each pipeline in ``--mjx-impls``. On a GPU machine pass
+               ``--mjx-device cuda`` (2048 envs is the paper's shape).
 Each rate is printed with its ratio to (a). Timing thresholds live here, never in unit tests.
 
     python benchmarks/throughput.py --tasks cheetah-run hopper-stand
+    python benchmarks/throughput.py --tasks cheetah-run --env-only --mjx --mjx-envs 64 256   # backends only
 """
 
 from __future__ import annotations
@@ -111,6 +117,28 @@ def env_rate(task: str, num_envs: int, workers: int, seconds: float) -> float:
     rate = n / (time.perf_counter() - t0)
     env.close()
     return rate
+
+
+def mjx_rate(task: str, num_envs: int, impl: str, device: str, seconds: float) -> tuple[float, float]:
+    """(steps/s, seconds of the first reset + step) of the MJX backend under random actions."""
+    t0 = time.perf_counter()
+    env = make_env(EnvConfig(task=task, num_envs=num_envs, backend="mjx", mjx_impl=impl, device=device), seed=0)
+    td = env.reset()
+    shape = env.action_spec.shape
+    for _ in range(3):  # the step's compile, and the masked reset's on the first done-check
+        td["action"] = torch.rand(shape, device=env.device) * 2 - 1
+        _, td = env.step_and_maybe_reset(td)
+    td["done"].any().item()  # JAX dispatches asynchronously: wait for the steps
+    first = time.perf_counter() - t0
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        td["action"] = torch.rand(shape, device=env.device) * 2 - 1
+        _, td = env.step_and_maybe_reset(td)
+        n += env.batch_size.numel()
+    td["done"].any().item()
+    rate = n / (time.perf_counter() - t0)
+    env.close()
+    return rate, first
 
 
 class _Clock(pl.Callback):
@@ -223,6 +251,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per env-rate measurement")
     p.add_argument("--frames", type=int, default=32768, help="frames per training-loop measurement")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    p.add_argument("--env-only", action="store_true", help="only the env rows (a), (b) and (e), no training loops")
+    p.add_argument("--mjx", action="store_true", help="add the MJX backend rows (e); needs the mjx extra")
+    p.add_argument("--mjx-envs", type=int, nargs="+", default=[64, 256], help="MJX batch sizes")
+    p.add_argument("--mjx-impls", nargs="+", default=["warp"], help="MJX pipelines (warp, jax)")
+    p.add_argument("--mjx-device", default="cpu", help="cpu or cuda[:k]")
     args = p.parse_args()
     cpu = platform.processor() or platform.machine()
     try:
@@ -240,6 +273,26 @@ def main() -> None:
             "env1": lambda: env_rate(task, n, 1, args.seconds),
             "envw": lambda: env_rate(task, n, w, args.seconds),
         }, args.repeats)
+        raw = env["raw"]
+        env_rows = [
+            ("(a) raw dm_control env.step, 1 core", raw, 1),
+            (f"(a') raw, {w} processes at once", env["raww"], w),
+            (f"(b) batched env, 1 process x {n}", env["env1"], 1),
+            (f"(b) batched env, {w} processes x {n}", env["envw"], w),
+            (f"    the same vs (a'): machine's {w}-core scaling removed", env["envw"] / env["raww"], None),
+        ]
+        if args.mjx:
+            for impl in args.mjx_impls:
+                for m in args.mjx_envs:
+                    # Median of the rates; the first-call time of the first repeat (later ones hit
+                    # this process's compiled functions).
+                    pairs = [mjx_rate(task, m, impl, args.mjx_device, args.seconds) for _ in range(args.repeats)]
+                    rate = statistics.median(r for r, _ in pairs)
+                    env_rows.append((f"(e) MJX ({impl}, {args.mjx_device}), 1 process x {m}", rate, 1))
+                    env_rows.append((f"    first reset + 3 steps: {pairs[0][1]:.1f} s; vs (b) 1 process", rate / env["env1"], None))
+        if args.env_only:
+            _print(task, env_rows, raw)
+            continue
         loops = _median_pairs({
             "ppo": lambda: loop_rate(task, n, args.frames, IdentityDecoder),
             "ppo_w": lambda: loop_rate(task, n, args.frames, IdentityDecoder, workers=w),
@@ -251,7 +304,6 @@ def main() -> None:
             "flow": lambda: loop_rate(task, n, args.frames, FlowDecoder),
             "diffusion": lambda: loop_rate(task, n, args.frames, DiffusionDecoder),
         }, args.repeats)
-        raw = env["raw"]
         frames_per_rollout = n * PPO_CPU["unroll"]
         maths_s = update_maths_seconds(task, n)
         ceiling = frames_per_rollout / (frames_per_rollout / loops["ppo"][1] + maths_s)
@@ -260,11 +312,7 @@ def main() -> None:
         # with the update) can reach it.
         update_alone = 1.0 / (1.0 / loops["ppo"][0] - 1.0 / loops["ppo"][1])
         rows = [
-            ("(a) raw dm_control env.step, 1 core", raw, 1),
-            (f"(a') raw, {w} processes at once", env["raww"], w),
-            (f"(b) batched env, 1 process x {n}", env["env1"], 1),
-            (f"(b) batched env, {w} processes x {n}", env["envw"], w),
-            (f"    the same vs (a'): machine's {w}-core scaling removed", env["envw"] / env["raww"], None),
+            *env_rows,
             (f"(c) PPO training loop, {n} envs (collect + update)", loops["ppo"][0], 1),
             ("    its collection alone (policy + env + collector)", loops["ppo"][1], 1),
             ("    ceiling: that collection + the update's bare maths", ceiling, 1),
@@ -282,12 +330,17 @@ def main() -> None:
             rows.append((f"(d) GoRL loop, 10-step {name} decoder", loops[name][0], 1))
             rows.append(("    its collection alone", loops[name][1], 1))
             rows.append((f"    wall time per step vs PPO ({name})", loops["ppo"][0] / loops[name][0], None))
-        for label, rate, cores in rows:
-            if cores is None:
-                print(f"{task:<14} {label:<44} {'':>9} {rate:>5.2f}x")
-            else:
-                print(f"{task:<14} {label:<44} {rate:>9.0f} {rate / raw:>6.2f} {rate / raw / cores:>9.2f}")
-        sys.stdout.flush()
+        _print(task, rows, raw)
+
+
+def _print(task: str, rows: list[tuple[str, float, int | None]], raw: float) -> None:
+    """One line per row: rate, ratio to the raw loop (a), per core; ``cores=None`` rows are ratios."""
+    for label, rate, cores in rows:
+        if cores is None:
+            print(f"{task:<14} {label:<44} {'':>9} {rate:>5.2f}x")
+        else:
+            print(f"{task:<14} {label:<44} {rate:>9.0f} {rate / raw:>6.2f} {rate / raw / cores:>9.2f}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ from torchrl.envs import EnvBase  # noqa: E402
 
 from gorl.errors import ConfigError  # noqa: E402
 
-IMPLS = ("warp", "jax")
 EPISODE_LENGTH = 1000  # Playground's suite default (``episode_length`` in every suite config)
 INSTALL_HINT = "the mjx backend needs the optional extra: pip install -e '.[mjx]'"
 
@@ -122,8 +121,10 @@ def check_task(task: str) -> str:
 
 
 def check_impl(impl: str) -> None:
-    if impl not in IMPLS:
-        raise ConfigError(f"env.mjx_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    from gorl.envs.factory import MJX_IMPLS
+
+    if impl not in MJX_IMPLS:
+        raise ConfigError(f"env.mjx_impl must be one of {', '.join(MJX_IMPLS)}, got {impl!r}")
 
 
 def _quiet_solver_warning(env: Any) -> None:
