@@ -18,8 +18,14 @@ def first_episode_returns(reward: torch.Tensor, done: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000) -> torch.Tensor:
-    """Returns of one deterministic episode per env copy, shape ``[num_env_copies]``."""
+    """Returns of one deterministic episode per env copy, shape ``[num_env_copies]`` (on the env's
+    device).
+
+    ``auto_cast_to_device``: the policy may live elsewhere than the env (a CUDA policy over CPU
+    dm_control envs); TorchRL then moves each step's observation to the policy's device and its
+    action back, one explicit crossing each way per batch step. Without it a CUDA policy would be
+    handed CPU tensors."""
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True)
+        td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True, auto_cast_to_device=True)
     td = td.reshape(-1, td.shape[-1])
     return first_episode_returns(td["next", "reward"], td["next", "done"])
