@@ -269,10 +269,13 @@ class GoRLSystem(pl.LightningModule):
     def _encoder_iteration(self) -> None:
         st, cfg = self.loop_state, self.loop_cfg
         t0 = time.perf_counter()
-        rollout = self._next_rollout()
+        rollouts = []
+        for _ in range(self.encoder.rollouts_per_update):  # same weights for all of them (Brax's PPO)
+            rollouts.append(self._next_rollout())
+            self._track_returns(rollouts[-1])  # per env copy, so per rollout
+        rollout = rollouts[0] if len(rollouts) == 1 else torch.cat(rollouts, 0)
         t1 = time.perf_counter()
         self.last_rollout = rollout  # for callbacks (e.g. probe states of the distribution logger)
-        self._track_returns(rollout)
         enc_opt = self.optimizers()[0]
         self.encoder.set_stage(st.stage, enc_opt)
         metrics = self.encoder.train_on(rollout, lambda loss, norm: self._optimize(enc_opt, loss, norm), st.stage)

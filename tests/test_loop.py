@@ -4,6 +4,7 @@ the same stage / phase / frame count as an uninterrupted run."""
 from functools import partial
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from gorl.decoders import FlowDecoder
@@ -146,3 +147,34 @@ def test_collector_runs_the_policy_on_the_module_device_and_stores_on_the_env_de
         assert rollout.device == system.train_env.device and rollout["action"].shape[:1] == (16,)
     finally:
         system.teardown("fit")
+
+
+def test_rollouts_per_update_feeds_one_update_with_k_rollouts_of_the_same_weights(monkeypatch):
+    """The authors' update shape (conf/recipes/paper_gpu.yaml): k rollouts side by side, one update."""
+    k = 3
+    system = GoRLSystem(
+        env=EnvConfig(task="toy-bandit", num_envs=4, eval_envs=2),
+        encoder=partial(EncoderModule, actor_hidden=[8], critic_hidden=[8], unroll=8, rollouts_per_update=k, epochs=1, minibatch_size=64),
+        decoder=partial(FlowDecoder, hidden=[8]),
+        loop=LoopConfig(stages=[192], eval_every=96, eval_max_steps=5),
+        refinement=RefinementConfig(transitions=32, steps=2, val_every=1, batch_size=16),
+    )
+    seen, train_on = [], system.encoder.train_on
+
+    def spy(rollout, optimize, stage):
+        seen.append((tuple(rollout.shape), torch.nn.utils.parameters_to_vector(system.encoder.actor_net.parameters()).detach().clone()))
+        return train_on(rollout, optimize, stage)
+
+    monkeypatch.setattr(system.encoder, "train_on", spy)
+    rec = Recorder()
+    _fit(system, [rec])
+    assert [shape for shape, _ in seen] == [(k * 4, 8), (k * 4, 8)]  # 2 updates of 3 x 4 envs x 8 steps
+    assert [frames for _, phase, frames in rec.trace if phase != "decoder"][:2] == [96, 192]
+    assert not torch.equal(seen[0][1], seen[1][1])  # an update between them, none within
+
+
+def test_rollouts_per_update_refuses_reward_norm():
+    from gorl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rollouts_per_update: 1"):
+        EncoderModule(3, 2, rollouts_per_update=2, reward_norm=True)

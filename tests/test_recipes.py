@@ -95,6 +95,19 @@ def test_the_first_release_recipes_stay_reachable(capsys):
     assert ref["epochs"] == 50 and ref["patience"] == 20 and ref["steps"] is None
 
 
+def test_paper_gpu_shape_layers_on_a_recipe_by_one_extra_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONF / "hopper.yaml"), "--config", str(CONF / "recipes" / "paper_gpu.yaml"), "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)["model"]
+    env, enc = cfg["env"], cfg["encoder"]["init_args"]
+    # The authors' update: 16 unrolls x 2048 envs x 30 steps = 983,040 frames, 32 minibatches, 16 epochs.
+    assert env["num_envs"] * env["num_workers"] * enc["unroll"] * enc["rollouts_per_update"] == 983_040
+    assert 983_040 // enc["minibatch_size"] == 32 and enc["epochs"] == 16
+    # ...while the task recipe underneath stays as it was (its per-stage lists, its task).
+    assert env["task"] == "hopper-stand" and enc["reset"] == ["fresh", "fresh", "warm"]
+    assert enc["obs_stats"] == ["pre_update", "post_update"]
+
+
 def test_defaults_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("defaults: [missing.yaml]\n")

@@ -37,13 +37,16 @@ class LatentEncoder(pl.LightningModule):
 
     Attributes:
         latent_dim: size of the latent the decoder consumes.
-        rollout_steps: env steps per env copy collected for one :meth:`train_on` call.
+        rollout_steps: env steps per env copy in one collected rollout.
+        rollouts_per_update: rollouts collected with the same weights and concatenated along the
+            batch dimension into one :meth:`train_on` call (1 unless the subclass says otherwise).
         needs_decoder: ``True`` if :meth:`train_on` differentiates through the decoder (it then
             calls ``self.decode``, bound by the system).
     """
 
     latent_dim: int
     rollout_steps: int
+    rollouts_per_update: int = 1
     needs_decoder: bool = False
 
     def __init__(self) -> None:

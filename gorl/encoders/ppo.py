@@ -119,6 +119,12 @@ class EncoderModule(LatentEncoder):
         actor_hidden, critic_hidden: MLP widths (SiLU).
         lr: Adam learning rate, per stage (a list: one value per stage, the last repeats).
         unroll: env steps per env per rollout; a rollout has ``num_envs * num_workers * unroll`` frames.
+        rollouts_per_update: rollouts collected with the same weights before one update, their
+            ``unroll``-step segments side by side. The authors' Brax PPO collects 16 unrolls of 30
+            steps from 2048 envs per update (983,040 frames, 32 minibatches of 1024 segments):
+            ``num_envs: 2048, unroll: 30, rollouts_per_update: 16, minibatch_size: 30720`` is that
+            update exactly (``conf/env/paper_gpu.yaml``). Needs ``reward_norm: false`` (its return
+            tracking runs per env across consecutive rollouts).
         epochs, minibatch_size: passes over a rollout and the size of its shuffled minibatches
             (a rollout smaller than one minibatch is one minibatch).
         gamma, lmbda: discount and GAE lambda.
@@ -158,6 +164,7 @@ class EncoderModule(LatentEncoder):
         critic_hidden: Sequence[int] = (256, 256, 256, 256, 256),
         lr: StageFloat = 1e-3,
         unroll: int = 30,
+        rollouts_per_update: int = 1,
         epochs: int = 16,
         minibatch_size: int = 1024,
         gamma: float = 0.995,
@@ -180,6 +187,11 @@ class EncoderModule(LatentEncoder):
         super().__init__()
         if loss_impl not in ("fused", "torchrl"):
             raise ConfigError(f"loss_impl must be 'fused' or 'torchrl', got {loss_impl!r}")
+        if rollouts_per_update < 1:
+            raise ConfigError(f"encoder.rollouts_per_update must be >= 1, got {rollouts_per_update}")
+        if rollouts_per_update > 1 and reward_norm:
+            raise ConfigError("encoder.reward_norm tracks returns per env across consecutive rollouts; it needs rollouts_per_update: 1")
+        self.rollouts_per_update = rollouts_per_update
         # Explicit dict: frame inspection picks the wrong frame when jsonargparse builds us.
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         for name, value, valid in (("reset", reset, ("fresh", "warm", "warm_value")),
