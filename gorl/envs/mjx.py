@@ -39,8 +39,9 @@ slower and stepped an order of magnitude slower (``benchmarks/throughput.py --mj
 so ``warp`` is our default; ``env.mjx_impl: jax`` selects the other.
 
 The Warp pipeline prints "solver iterations limit reached" on every step for most suite tasks:
-their models cap the constraint solver at a few iterations on purpose (Playground's ports set
-``iterations`` low for speed). We turn that one overflow warning off; other overflow warnings stay.
+Playground's ports cap MuJoCo's Newton solver at a few iterations on purpose (cheetah-run and
+hopper-stand: 4, where dm_control's models allow 100). We turn that one overflow warning off;
+other overflow warnings stay.
 """
 
 from __future__ import annotations
