@@ -244,18 +244,22 @@ class DecoderFit:
             self.bad_rounds = 0
         decoder.train()
         cfg, n = self.cfg, len(self.train)
+        # The dataset crosses to the decoder's device once, not once per minibatch; the loss sums
+        # stay there too (a .cpu() per step would be a device sync per step).
+        if self.train["observation"].device != decoder.device:
+            self.train = self.train.to(decoder.device)
         # Every rank must take the same number of optimiser steps (each one all-reduces gradients).
         todo = min_over_ranks(min(cfg.round_steps(n), self.total_steps - self.steps))
         bs = min(cfg.batch_size, n)
-        total, pair_total = torch.zeros(()), torch.zeros(())
+        total, pair_total = torch.zeros((), device=decoder.device), torch.zeros((), device=decoder.device)
         for _ in range(todo):
-            idx = torch.randint(0, n, (bs,))
-            batch = self.train[idx].to(decoder.device)
+            idx = torch.randint(0, n, (bs,)).to(decoder.device)
+            batch = self.train[idx]
             loss = decoder.loss(batch["observation"], batch["action"])
-            total += loss.detach().float().cpu()
+            total += loss.detach().float()
             if cfg.pairwise_weight > 0:
                 pair = pairwise_loss(decoder, batch["observation"], batch["latent"], batch["action"])
-                pair_total += pair.detach().float().cpu()
+                pair_total += pair.detach().float()
                 loss = loss + cfg.pairwise_weight * pair
             optimize(loss)
         self.steps += todo

@@ -262,6 +262,16 @@ class GoRLSystem(pl.LightningModule):
             raise NonFiniteError(f"non-finite observation from the env in the {self._where()}")
         return rollout
 
+    def _to_module_device(self, data: TensorDictBase) -> TensorDictBase:
+        """The rollout's one host-to-device crossing: envs (dm_control) fill CPU tensors, the
+        update runs where the networks are. Pinned first so the copy is a single DMA transfer; on an
+        all-CPU run (or MJX on the GPU, whose outputs are already there) nothing moves."""
+        if data.device == self.device:
+            return data
+        if self.device.type == "cuda" and data.device is not None and data.device.type == "cpu":
+            data = data.pin_memory()
+        return data.to(self.device, non_blocking=True)
+
     def _where(self) -> str:
         st = self.loop_state
         return f"{st.phase} phase, stage {st.stage}, frame {st.frames}"
@@ -274,6 +284,7 @@ class GoRLSystem(pl.LightningModule):
             rollouts.append(self._next_rollout())
             self._track_returns(rollouts[-1])  # per env copy, so per rollout
         rollout = rollouts[0] if len(rollouts) == 1 else torch.cat(rollouts, 0)
+        rollout = self._to_module_device(rollout)
         t1 = time.perf_counter()
         self.last_rollout = rollout  # for callbacks (e.g. probe states of the distribution logger)
         enc_opt = self.optimizers()[0]
