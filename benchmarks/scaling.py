@@ -49,22 +49,9 @@ def step_seconds(task: str, envs: int, workers: int, seconds: float) -> float:
 
 
 def raw_step_seconds(task: str, seconds: float) -> float:
-    import numpy as np
-    from dm_control import suite
+    from throughput import raw_rate  # the same raw loop as throughput.py's yardstick (a)
 
-    from gorl.envs.dmc import _quiet_absl
-
-    _quiet_absl()
-    domain, name = task.split("-", 1)
-    env = suite.load(domain, name, task_kwargs={"random": 0})
-    spec, rng = env.action_spec(), np.random.default_rng(0)
-    env.reset()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        if env.step(rng.uniform(spec.minimum, spec.maximum)).last():
-            env.reset()
-        n += 1
-    return (time.perf_counter() - t0) / n
+    return 1.0 / raw_rate(task, seconds)
 
 
 def main() -> None:
