@@ -38,7 +38,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from jsonargparse import Namespace  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
-from lightning.pytorch.callbacks import TQDMProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
 from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 
@@ -231,14 +231,20 @@ class GoRLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's default progress bar, if it added one, becomes GoRL's (frames, not batches);
-        a bar configured in ``trainer.callbacks`` is kept, and ``enable_progress_bar: false`` means none."""
+        a bar configured in ``trainer.callbacks`` is kept, and ``enable_progress_bar: false`` means none.
+        Lightning's default is its Rich bar when ``rich`` is importable (the ``mjx`` extra brings
+        it, through flax) and its tqdm bar otherwise: either is replaced."""
         cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
         given = cfg.trainer.get("callbacks") or []
         given_ids = {id(c) for c in (given if isinstance(given, list) else [given])}
         trainer = super().instantiate_trainer(**kwargs)
         for i, callback in enumerate(trainer.callbacks):
-            if type(callback) is TQDMProgressBar and id(callback) not in given_ids:
-                trainer.callbacks[i] = GoRLProgressBar(refresh_rate=callback.refresh_rate, process_position=callback.process_position)
+            if isinstance(callback, ProgressBar) and id(callback) not in given_ids:
+                # The tqdm bar's settings carry over; the Rich bar's refresh rate (100) does not
+                # mean the same thing, so it gets tqdm's default of every iteration.
+                tqdm_bar = isinstance(callback, TQDMProgressBar)
+                trainer.callbacks[i] = GoRLProgressBar(refresh_rate=callback.refresh_rate if tqdm_bar else 1,
+                                                       process_position=callback.process_position if tqdm_bar else 0)
         if getattr(self, "video_settings", None) is not None:
             trainer.callbacks.append(EpisodeVideo(self.video_settings))
         if self.subcommand == "fit" and cfg.get("curves", True):
