@@ -254,7 +254,7 @@ def main() -> None:
     p.add_argument("--env-only", action="store_true", help="only the env rows (a), (b) and (e), no training loops")
     p.add_argument("--mjx", action="store_true", help="add the MJX backend rows (e); needs the mjx extra")
     p.add_argument("--mjx-envs", type=int, nargs="+", default=[64, 256], help="MJX batch sizes")
-    p.add_argument("--mjx-impls", nargs="+", default=["warp"], help="MJX pipelines (warp, jax)")
+    p.add_argument("--mjx-impls", nargs="+", default=["jax", "warp"], help="MJX pipelines (jax, warp)")
     p.add_argument("--mjx-device", default="cpu", help="cpu or cuda[:k]")
     args = p.parse_args()
     cpu = platform.processor() or platform.machine()

@@ -25,7 +25,8 @@ N, LIMIT = 4, 6
 
 @pytest.fixture(scope="module")
 def env():
-    env = MJXBatchEnv("cheetah-run", num_envs=N, seed=3, episode_length=LIMIT)
+    # The Warp pipeline here, the default (jax) in the fit below: both are exercised.
+    env = MJXBatchEnv("cheetah-run", num_envs=N, seed=3, episode_length=LIMIT, impl="warp")
     yield env
     env.close()
 
@@ -56,6 +57,13 @@ def test_specs_shapes_and_dtypes(env):
     assert out["reward"].shape == (N, 1) and out["reward"].dtype == torch.float32
     for key in ("done", "terminated", "truncated"):
         assert out[key].shape == (N, 1) and out[key].dtype == torch.bool
+
+
+def test_warp_solver_iteration_warning_is_quiet(env, capfd):
+    env.reset()
+    _steps(env, 2)
+    out, err = capfd.readouterr()
+    assert "solver iterations limit reached" not in out + err
 
 
 def test_outputs_are_views_of_jax_arrays_not_copies(env):
@@ -138,7 +146,7 @@ def test_fit_through_both_phases_on_the_mjx_backend(tmp_path):
         (["--model.env.backend", "mjc"], "env.backend must be one of dmc, mjx, got 'mjc'"),
         (["--model.env.backend", "mjx", "--model.env.task", "quadruped-walk"], "'quadruped-walk' has no MuJoCo Playground port"),
         (["--model.env.backend", "mjx", "--model.env.task", "cheetah-run", "--model.env.num_workers", "2"], "env.num_workers must be 1 with env.backend: mjx"),
-        (["--model.env.backend", "mjx", "--model.env.task", "cheetah-run", "--model.env.mjx_impl", "c"], "env.mjx_impl must be one of warp, jax"),
+        (["--model.env.backend", "mjx", "--model.env.task", "cheetah-run", "--model.env.mjx_impl", "c"], "env.mjx_impl must be one of jax, warp"),
         (["--model.env.device", "cuda"], "needs env.backend: mjx"),
     ],
 )

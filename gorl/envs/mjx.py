@@ -32,11 +32,14 @@ Process-wide settings made on import, before JAX starts:
   step function compiles once per machine rather than once per process; ``GORL_JAX_CACHE=off``
   turns it off. MJX's Warp pipeline also caches its kernels (in ``~/.cache/warp``).
 
-Simulator pipeline (``impl``): Playground 0.2.0's suite configs default to ``warp`` (MuJoCo Warp
-kernels called from JAX), and ``jax`` is MJX's original pure-JAX pipeline. Both simulate the same
-model with the same solver settings. On this project's CPU machines ``jax`` compiled several times
-slower and stepped an order of magnitude slower (``benchmarks/throughput.py --mjx`` measures it),
-so ``warp`` is our default; ``env.mjx_impl: jax`` selects the other.
+Simulator pipeline (``impl``): ``jax`` is MJX's original pure-JAX pipeline, ``warp`` calls MuJoCo
+Warp kernels from JAX (Playground 0.2.0's suite configs default to it). Both simulate the same
+model with the same solver settings. ``jax`` is our default: on this project's 2-core CPU machine it
+stepped 1.4-6.4x faster than ``warp`` once compiled (``benchmarks/throughput.py --mjx``, RESULTS.md
+§3), though its first compile takes several times longer (60-100 s against 10-30 s with a warm
+Warp kernel cache). The authors' pinned ``mujoco-mjx==3.3.6`` / ``playground==0.0.5`` predate
+Playground's ``impl`` option as we use it; on a GPU, where Warp is designed to be fast, try
+``env.mjx_impl: warp`` (not measured by us).
 
 The Warp pipeline prints "solver iterations limit reached" on every step for most suite tasks:
 Playground's ports cap MuJoCo's Newton solver at a few iterations on purpose (cheetah-run and
@@ -163,7 +166,7 @@ def _playground_env(task: str, impl: str) -> Any:
     return env
 
 
-def mjx_dims(task: str, impl: str = "warp") -> tuple[int, int]:
+def mjx_dims(task: str, impl: str = "jax") -> tuple[int, int]:
     """(obs_dim, act_dim) of a task without compiling anything."""
     env = _playground_env(task, impl)
     return int(env.observation_size), int(env.action_size)
@@ -234,12 +237,12 @@ class MJXBatchEnv(EnvBase):
         num_envs: env copies in the batch.
         seed: env ``i`` draws its initial states from key ``seed + i``.
         device: where the simulator runs and its outputs live (``cpu`` or ``cuda[:k]``).
-        impl: MJX pipeline, ``warp`` or ``jax`` (module docstring).
+        impl: MJX pipeline, ``jax`` or ``warp`` (module docstring).
         episode_length: steps before ``truncated`` (Playground's suite default 1000).
     """
 
     def __init__(self, task: str, num_envs: int = 16, seed: int = 0, device: str | torch.device = "cpu",
-                 impl: str = "warp", episode_length: int = EPISODE_LENGTH) -> None:
+                 impl: str = "jax", episode_length: int = EPISODE_LENGTH) -> None:
         if num_envs < 1:
             raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
         if episode_length < 1:
