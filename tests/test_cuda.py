@@ -28,3 +28,20 @@ def test_smoke_fit_on_cuda(tmp_path, precision):
                    "--trainer.precision", precision, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "final eval/return" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ppo_maths_stays_fp32_under_cuda_autocast(dtype):
+    from tensordict import TensorDict
+
+    from gorl.encoders import EncoderModule
+
+    enc = EncoderModule(5, 3, actor_hidden=[16], critic_hidden=[16]).cuda()
+    n = 64
+    batch = TensorDict({"observation": torch.randn(n, 5), "latent": torch.randn(n, 3), "latent_log_prob": torch.randn(n),
+                        "advantage": torch.randn(n, 1), "value_target": torch.randn(n, 1)}, [n]).cuda()
+    with torch.autocast("cuda", dtype=dtype):
+        out, (loc, scale) = enc.ppo_loss(batch, clip=0.2, entropy_coef=0.01)
+    assert loc.dtype == torch.float32 and scale.dtype == torch.float32  # networks' outputs are cast first
+    for key, value in out.items():
+        assert value.dtype == torch.float32, key
