@@ -6,6 +6,13 @@ preset can be stopped and started again. Extra arguments go to ``gorl bench`` (e
 ``--out elsewhere``, ``--budget 5e6``). Presets write to ``runs/bench`` unless they say otherwise, and
 ``results.*`` there describe the latest call.
 
+The study presets (``study``, ``study-hopper``, ``boundary``) are longer than one sitting of a 2-core
+machine. They keep each finished run's record under ``benchmarks/logs/<preset>/`` (commit it) and
+restore from there what ``runs/`` lacks, so on a fresh clone the same command continues the matrix.
+Before a session ends, ``python benchmarks/learning.py study --snapshot`` also archives the
+unfinished runs with their last checkpoint (``git add -f`` is not needed: .gitignore lets those
+through).
+
     python benchmarks/learning.py ppo       # Gaussian PPO (CleanRL's schedule), cheetah-run, 1M frames, 3 seeds
     python benchmarks/learning.py matrix    # GoRL (flow, diffusion) vs PPO, FPO, DPPO on
                                             # cheetah-run and hopper-stand, 1M frames, 2 seeds
@@ -44,14 +51,19 @@ PRESETS: dict[str, list[str] | list[list[str]]] = {
     "recipe": ["--methods", "ppo", "gorl-flow", "gorl-diffusion", "--tasks", "cheetah-run", "hopper-stand",
                "--seeds", "0", "1", "2", "--budget", "1e6", "--jobs", "2", "--out", "runs/bench_recipe"],
     # Does GoRL beat Gaussian PPO where PPO has plateaued? CleanRL's schedule for every method.
-    "study": [*_STUDY, "--tasks", "cheetah-run", "--seeds", "0", "1", "2", "--budget", "3e6", "--out", "runs/study"],
-    "study-hopper": [*_STUDY, "--tasks", "hopper-stand", "--seeds", "0", "1", "--budget", "2e6", "--out", "runs/study_hopper"],
+    "study": [*_STUDY, "--tasks", "cheetah-run", "--seeds", "0", "1", "2", "--budget", "3e6", "--out", "runs/study",
+              "--archive", "benchmarks/logs/study"],
+    "study-hopper": [*_STUDY, "--tasks", "hopper-stand", "--seeds", "0", "1", "--budget", "2e6", "--out", "runs/study_hopper",
+                     "--archive", "benchmarks/logs/study_hopper"],
     # The stage boundary, one seed each: reset fresh / warm_value / warm, then refits of 500 and
     # 5,000 decoder steps against the preset's 1,500 (the fresh run of the first call).
     "boundary": [
-        ["--methods", "gorl-flow-cleanrl", "gorl-flow-cleanrl-warm-value", "gorl-flow-cleanrl-warm", *_BOUNDARY, "--out", "runs/boundary"],
-        ["--methods", "gorl-flow-cleanrl", *_BOUNDARY, "--out", "runs/boundary_steps500", "--override", "--model.refinement.steps", "500"],
-        ["--methods", "gorl-flow-cleanrl", *_BOUNDARY, "--out", "runs/boundary_steps5000", "--override", "--model.refinement.steps", "5000"],
+        ["--methods", "gorl-flow-cleanrl", "gorl-flow-cleanrl-warm-value", "gorl-flow-cleanrl-warm", *_BOUNDARY, "--out", "runs/boundary",
+         "--archive", "benchmarks/logs/boundary"],
+        ["--methods", "gorl-flow-cleanrl", *_BOUNDARY, "--out", "runs/boundary_steps500",
+         "--archive", "benchmarks/logs/boundary_steps500", "--override", "--model.refinement.steps", "500"],
+        ["--methods", "gorl-flow-cleanrl", *_BOUNDARY, "--out", "runs/boundary_steps5000",
+         "--archive", "benchmarks/logs/boundary_steps5000", "--override", "--model.refinement.steps", "5000"],
     ],
 }
 

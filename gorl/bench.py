@@ -5,7 +5,10 @@ Every run is a real ``gorl fit`` in its own process (the path a user takes), log
 unfinished one resumes from its ``checkpoints/last.ckpt`` (its earlier metrics are kept as
 ``metrics.part<n>.csv`` and joined at the checkpoint's frame), so an interrupted matrix loses at most
 the frames since each run's last checkpoint. ``--jobs N`` runs N at a time (each with one
-torch thread). At the end it writes
+torch thread). ``--archive DIR`` keeps a copy of each finished run's record (config, log, metrics,
+``done.json``: a few hundred kB) in a directory meant to be committed, and restores from it the runs
+that ``--out`` lacks, so a matrix longer than one machine's session continues on a fresh clone;
+``--snapshot`` also copies unfinished runs with their last checkpoint and exits. At the end it writes
 
 - ``results.json``: every run's final deterministic evaluation return, curve, wall time;
 - ``results.md``: final return mean ± std per method and task (the table for RESULTS.md);
@@ -186,6 +189,64 @@ def prepare_resume(run_dir: Path) -> Path | None:
     return ckpt
 
 
+# What a run's record is: enough for read_run (the results) and prepare_resume (continuing it).
+_RECORD = ("config.yaml", "gorl.log", "done.json", "resumed.json", "metrics.csv")
+
+
+def run_signature(method: Method, task: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """The arguments that decide what a run computes, with this checkout's path taken out, so that
+    an archived run is only ever continued or reported under the settings it was made with."""
+    root = str(CONF.parent) + os.sep
+    split = tuple(args.stages) if args.stages else None
+    run = [*run_args(method, task, args.budget, args.decoder_data, args.eval_every, split), *args.override, "--seed_everything", str(seed)]
+    return [a.replace(root, "") for a in [str(Path(args.base).resolve()), *run]]
+
+
+def archive_run(run_dir: Path, dest: Path, signature: list[str], checkpoint: bool = False) -> bool:
+    """Copy ``run_dir``'s record into ``dest`` (replacing what was there) with the run's signature;
+    with ``checkpoint`` an unfinished run's ``checkpoints/last.ckpt`` too. False if there was nothing
+    worth keeping."""
+    import shutil
+
+    finished = (run_dir / "done.json").exists()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not finished and not (checkpoint and ckpt.is_file()):
+        return False
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for path in [run_dir / n for n in _RECORD] + sorted(run_dir.glob("metrics.part*.csv")):
+        if path.is_file():
+            shutil.copy2(path, dest / path.name)
+    if not finished:
+        (dest / "checkpoints").mkdir()
+        shutil.copy2(ckpt, dest / "checkpoints" / "last.ckpt")
+    (dest / "signature.json").write_text(json.dumps(signature, indent=0))
+    return True
+
+
+def restore_run(src: Path, run_dir: Path, signature: list[str]) -> str | None:
+    """Bring an archived run back into ``run_dir`` unless this machine already has it (finished, or
+    with a checkpoint of its own, which is the newer state); returns what was restored. An archived
+    run made with other settings is refused with one line, not silently mixed into this matrix."""
+    import shutil
+
+    if not src.is_dir() or (run_dir / "done.json").exists() or (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return None
+    stored = json.loads((src / "signature.json").read_text()) if (src / "signature.json").is_file() else None
+    if stored != signature:
+        diff = sorted(set(map(str, stored or [])) ^ set(signature))[:4]
+        raise SystemExit(f"gorl bench: error: {src} was made with other settings (differing: {' '.join(diff) or 'no signature.json'}); "
+                         "give --archive another directory or remove that run")
+    finished = (src / "done.json").exists()
+    if not finished and not (src / "checkpoints" / "last.ckpt").is_file():
+        return None
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a run that never reached its first checkpoint: nothing of it survives a restart anyway
+    shutil.copytree(src, run_dir)
+    return "finished" if finished else "unfinished, from its last checkpoint"
+
+
 def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Namespace) -> dict:
     group, version = f"{name}_{task}", f"seed{seed}"
     run_dir = Path(args.out) / group / version
@@ -220,6 +281,8 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
         raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); its log: {log_path}")
     resumed = _resumed(run_dir)
     (run_dir / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "command": cmd, "resumed_from": resumed}))
+    if args.archive:
+        archive_run(run_dir, Path(args.archive) / group / version, run_signature(method, task, seed, args))
     got = read_run(run_dir)
     print(f"[bench] {name} {task} seed {seed}: final eval/return {got['final_return']:.1f} in {got['wall_s'] / 60:.1f} min", flush=True)
     return got
@@ -284,6 +347,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process and one torch thread each)")
     p.add_argument("--base", default=str(CONF / "bench.yaml"), help="base config every run starts from")
     p.add_argument("--out", default="runs/bench")
+    p.add_argument("--archive", default=None,
+                   help="directory (to commit) that keeps each finished run's record; runs --out lacks are restored from it first")
+    p.add_argument("--snapshot", action="store_true",
+                   help="with --archive: copy every run's current state (finished, or unfinished with its last checkpoint) there, then exit")
     p.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="further gorl fit arguments for every run (put last)")
     return p
 
@@ -298,6 +365,18 @@ def main(argv: list[str] | None = None) -> None:
             valid = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
             raise SystemExit(f"gorl bench: error: unknown task {task!r}; valid: {', '.join(valid)}")
     cells = [(name, task, seed) for task in args.tasks for name in methods for seed in args.seeds]
+    if args.snapshot and not args.archive:
+        raise SystemExit("gorl bench: error: --snapshot needs --archive DIR")
+    if args.archive:
+        for name, task, seed in cells:
+            rel, signature = Path(f"{name}_{task}") / f"seed{seed}", run_signature(methods[name], task, seed, args)
+            if args.snapshot:
+                if archive_run(Path(args.out) / rel, Path(args.archive) / rel, signature, checkpoint=True):
+                    print(f"[bench] {name} {task} seed {seed}: archived to {Path(args.archive) / rel}", flush=True)
+            elif (what := restore_run(Path(args.archive) / rel, Path(args.out) / rel, signature)):
+                print(f"[bench] {name} {task} seed {seed}: restored from {args.archive} ({what})", flush=True)
+        if args.snapshot:
+            return
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {cell: pool.submit(run_one, cell[0], methods[cell[0]], cell[1], cell[2], args) for cell in cells}
         try:

@@ -121,8 +121,9 @@ def test_study_presets_resolve_and_run_a_few_iterations(tmp_path, capsys):
                     gorl_main(["fit", "--config", str(CONF / "bench.yaml"), *run, *args.override, "--print_config"])
                 assert done.value.code in (None, 0), (name, method)
                 capsys.readouterr()
+    # --archive too, or the tiny run would join the real study's archive in benchmarks/logs/.
     cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "study", "--methods", "gorl-diffusion-cleanrl", "--seeds", "0",
-           "--budget", "12288", "--eval-every", "1e9", "--jobs", "1", "--out", str(tmp_path),
+           "--budget", "12288", "--eval-every", "1e9", "--jobs", "1", "--out", str(tmp_path), "--archive", str(tmp_path / "archive"),
            "--override", "--model.env.eval_envs", "2", "--model.loop.eval_max_steps", "20", "--model.refinement.steps", "4",
            "--model.encoder.epochs", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -130,3 +131,42 @@ def test_study_presets_resolve_and_run_a_few_iterations(tmp_path, capsys):
     log = (tmp_path / "gorl-diffusion-cleanrl_cheetah-run" / "seed0" / "gorl.log").read_text()
     assert log.count("starts at eval return") == 2 and "| stage | initial | best | final |" in log
     assert "| cheetah-run | gorl-diffusion-cleanrl | 2 |" in (tmp_path / "results.md").read_text()
+
+
+def test_an_archive_carries_finished_and_unfinished_runs_to_a_fresh_out_and_refuses_other_settings(tmp_path):
+    """`--archive` is how a matrix longer than one session continues on a fresh clone: finished runs
+    come back as done, an unfinished one (archived by `--snapshot` with its checkpoint) resumes, and
+    an archived run made with other settings stops the matrix with one line instead of joining it."""
+    import shutil
+
+    args = ["--methods", "ppo", "--seeds", "0", "--budget", "384", "--eval-every", "128"]
+    first = _bench_args(tmp_path / "a", [*args, "--archive", str(tmp_path / "arch")])
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = tmp_path / "arch" / "ppo_toy-bandit" / "seed0"
+    assert {"done.json", "metrics.csv", "gorl.log", "config.yaml", "signature.json"} <= {p.name for p in kept.iterdir()}
+    assert not (kept / "checkpoints").exists()  # a finished run's record is small: no checkpoint
+    final = json.loads((tmp_path / "a" / "results.json").read_text())["runs"][0]["final_return"]
+
+    fresh = _bench_args(tmp_path / "b", [*args, "--archive", str(tmp_path / "arch")])
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "restored from" in fresh.stdout and "done already" in fresh.stdout
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["runs"][0]["final_return"] == final
+
+    other = _bench_args(tmp_path / "c", ["--methods", "ppo", "--seeds", "0", "--budget", "512", "--eval-every", "128",
+                                         "--archive", str(tmp_path / "arch")])
+    assert other.returncode != 0 and "made with other settings" in other.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "c" / "ppo_toy-bandit").exists()
+
+    # An unfinished run: the finished one without its done.json, its last checkpoint kept.
+    shutil.copytree(tmp_path / "a", tmp_path / "d")
+    (tmp_path / "d" / "ppo_toy-bandit" / "seed0" / "done.json").unlink()
+    assert (tmp_path / "d" / "ppo_toy-bandit" / "seed0" / "checkpoints" / "last.ckpt").is_file()
+    snap = _bench_args(tmp_path / "d", [*args, "--archive", str(tmp_path / "arch2"), "--snapshot"])
+    assert snap.returncode == 0 and "archived to" in snap.stdout, snap.stderr[-3000:]
+    assert (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "checkpoints" / "last.ckpt").is_file()
+    resumed = _bench_args(tmp_path / "e", [*args, "--archive", str(tmp_path / "arch2")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "unfinished, from its last checkpoint" in resumed.stdout and "resuming from" in resumed.stdout
+    # Finished now, the archive holds its record and no longer a checkpoint.
+    assert (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "done.json").exists()
+    assert not (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "checkpoints").exists()
