@@ -10,7 +10,8 @@ torch thread). ``--archive DIR`` keeps a copy of each finished run's record (con
 that ``--out`` lacks, so a matrix longer than one machine's session continues on a fresh clone;
 ``--snapshot`` also copies unfinished runs with their last checkpoint and exits. At the end it writes
 
-- ``results.json``: every run's final deterministic evaluation return, curve, wall time;
+- ``results.json``: every run's final deterministic evaluation return, curve, wall time (summed over
+  the parts of a resumed run);
 - ``results.md``: final return mean ± std per method and task (the table for RESULTS.md);
 - ``figure.png``: one panel per task, one line per method, mean ± std over seeds vs env frames.
 
@@ -29,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -189,6 +191,41 @@ def prepare_resume(run_dir: Path) -> Path | None:
     return ckpt
 
 
+# Each part of a run (its first start and every resumption) opens gorl.log with a "# <UTC time>: <cmd>"
+# line and closes it with a "# part ended after N s" line, or, for a part stopped before it could (a
+# kill), "# part stopped ... N s" written by --snapshot from its last checkpoint's time. A run's wall
+# time is the sum over its parts, so a matrix that spans sessions still reports what each run cost.
+_PART_START = re.compile(r"^# (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC: ")
+_PART_END = re.compile(r"^# part (?:ended|stopped)\b.* (\d+) s\b")
+
+
+def part_seconds(log_path: Path) -> tuple[list[float], int]:
+    """The recorded wall seconds of each part in ``gorl.log``, and how many parts it started (a part
+    with no end line, e.g. killed and never snapshotted, has no time on record)."""
+    if not log_path.is_file():
+        return [], 0
+    lines = log_path.read_text(errors="replace").splitlines()
+    ends = [float(m.group(1)) for line in lines if (m := _PART_END.match(line))]
+    return ends, sum(1 for line in lines if _PART_START.match(line))
+
+
+def _close_stopped_part(run_dir: Path, ckpt: Path) -> None:
+    """Record how long the last part of an unfinished run ran before its last checkpoint, unless the
+    part already has its end line."""
+    log = run_dir / "gorl.log"
+    if not log.is_file():
+        return
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if _PART_START.match(line)]
+    if not starts or any(_PART_END.match(line) for line in lines[starts[-1]:]):
+        return
+    import calendar
+
+    began = calendar.timegm(time.strptime(_PART_START.match(lines[starts[-1]]).group(1), "%Y-%m-%d %H:%M:%S"))
+    with log.open("a") as f:
+        f.write(f"\n# part stopped; its last checkpoint was written after {max(0.0, ckpt.stat().st_mtime - began):.0f} s\n")
+
+
 # What a run's record is: enough for read_run (the results) and prepare_resume (continuing it).
 _RECORD = ("config.yaml", "gorl.log", "done.json", "resumed.json", "metrics.csv")
 
@@ -215,6 +252,8 @@ def archive_run(run_dir: Path, dest: Path, signature: list[str], checkpoint: boo
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    if not finished:
+        _close_stopped_part(run_dir, ckpt)
     for path in [run_dir / n for n in _RECORD] + sorted(run_dir.glob("metrics.part*.csv")):
         if path.is_file():
             shutil.copy2(path, dest / path.name)
@@ -275,12 +314,17 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {' '.join(cmd)}\n")
         log.flush()
         res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        log.write(f"\n# part ended after {time.perf_counter() - t0:.0f} s\n")
     if res.returncode != 0:
         lines = [line for line in log_path.read_text().splitlines() if line.strip()]
         tail = [line for line in lines if line.startswith("gorl: error")][-1:] or lines[-1:] or ["(no output)"]
         raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); its log: {log_path}")
     resumed = _resumed(run_dir)
-    (run_dir / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "command": cmd, "resumed_from": resumed}))
+    parts, started = part_seconds(log_path)
+    # wall_s: every part of the run on record; wall_parts_missing counts parts with no time (killed
+    # and never snapshotted), which the results table marks.
+    (run_dir / "done.json").write_text(json.dumps({"wall_s": sum(parts), "wall_parts_s": parts, "wall_parts_missing": started - len(parts),
+                                                   "command": cmd, "resumed_from": resumed}))
     if args.archive:
         archive_run(run_dir, Path(args.archive) / group / version, run_signature(method, task, seed, args))
     got = read_run(run_dir)
@@ -301,10 +345,10 @@ def table(results: dict[tuple[str, str], list[dict]], budget: float) -> str:
         wall = statistics.mean(r["wall_s"] for r in runs)
         data = statistics.mean(r["decoder_data_frames"] for r in runs)
         per = ", ".join(_fmt(f) for f in finals)
-        mark = "†" if any(r.get("resumed_from") for r in runs) else ""
+        mark = "†" if any(r.get("wall_parts_missing", 1 if r.get("resumed_from") else 0) for r in runs) else ""
         lines.append(f"| {task} | {method} | {_fmt(statistics.mean(finals))} ± {_fmt(std)} | {per} | {data:,.0f} | {wall / 60:.1f} min{mark} |")
     if "†" in "".join(lines):
-        lines += ["", "† some runs were resumed from a checkpoint; their wall time counts the last part only."]
+        lines += ["", "† some runs were resumed from a checkpoint after a part whose time was not recorded; their wall time leaves that part out."]
     return "\n".join(lines) + "\n"
 
 

@@ -161,12 +161,20 @@ def test_an_archive_carries_finished_and_unfinished_runs_to_a_fresh_out_and_refu
     shutil.copytree(tmp_path / "a", tmp_path / "d")
     (tmp_path / "d" / "ppo_toy-bandit" / "seed0" / "done.json").unlink()
     assert (tmp_path / "d" / "ppo_toy-bandit" / "seed0" / "checkpoints" / "last.ckpt").is_file()
+    # ... and killed: its part never wrote its end line, so the snapshot records its time instead.
+    log = tmp_path / "d" / "ppo_toy-bandit" / "seed0" / "gorl.log"
+    log.write_text("".join(line for line in log.read_text().splitlines(True) if not line.startswith("# part ended")))
     snap = _bench_args(tmp_path / "d", [*args, "--archive", str(tmp_path / "arch2"), "--snapshot"])
     assert snap.returncode == 0 and "archived to" in snap.stdout, snap.stderr[-3000:]
     assert (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "checkpoints" / "last.ckpt").is_file()
+    assert "# part stopped" in (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "gorl.log").read_text()
     resumed = _bench_args(tmp_path / "e", [*args, "--archive", str(tmp_path / "arch2")])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "unfinished, from its last checkpoint" in resumed.stdout and "resuming from" in resumed.stdout
     # Finished now, the archive holds its record and no longer a checkpoint.
     assert (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "done.json").exists()
     assert not (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "checkpoints").exists()
+    # Its wall time covers both parts: the stopped one (from the snapshot) and the resumed one.
+    done = json.loads((tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "done.json").read_text())
+    assert len(done["wall_parts_s"]) == 2 and done["wall_parts_missing"] == 0
+    assert done["wall_s"] == sum(done["wall_parts_s"]) and done["wall_parts_s"][0] > 0
