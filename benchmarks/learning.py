@@ -20,6 +20,8 @@ through).
                                             # cheetah-run, 1M frames, 6 seeds
     python benchmarks/learning.py recipe    # PPO vs GoRL (flow, diffusion) with the authors' current
                                             # recipe, cheetah-run and hopper-stand, 1M frames, 3 seeds
+    python benchmarks/learning.py schedule  # the cheap CPU PPO preset at 6M frames, 2 seeds: which PPO
+                                            # schedule learns most per CPU-minute (against the study's PPO)
     python benchmarks/learning.py study     # the same three on CleanRL's PPO schedule past PPO's
                                             # plateau: cheetah-run, 3M frames (2M + 0.5M + 0.5M), 3 seeds
     python benchmarks/learning.py study-hopper   # hopper-stand, 2M frames, 2 seeds
@@ -50,6 +52,10 @@ PRESETS: dict[str, list[str] | list[list[str]]] = {
     # evaluations), 3 seeds; its own output directory, so the older runs stay comparable.
     "recipe": ["--methods", "ppo", "gorl-flow", "gorl-diffusion", "--tasks", "cheetah-run", "hopper-stand",
                "--seeds", "0", "1", "2", "--budget", "1e6", "--jobs", "2", "--out", "runs/bench_recipe"],
+    # Which PPO schedule learns most per CPU-minute: the cheap CPU preset (64 envs x 32 steps) run
+    # for about the wall time the study's CleanRL-schedule PPO takes for 3M frames.
+    "schedule": ["--methods", "ppo", "--tasks", "cheetah-run", "--seeds", "0", "1", "--budget", "6e6", "--eval-every", "2e5",
+                 "--jobs", "2", "--out", "runs/schedule", "--archive", "benchmarks/logs/schedule"],
     # Does GoRL beat Gaussian PPO where PPO has plateaued? CleanRL's schedule for every method.
     "study": [*_STUDY, "--tasks", "cheetah-run", "--seeds", "0", "1", "2", "--budget", "3e6", "--out", "runs/study",
               "--archive", "benchmarks/logs/study"],

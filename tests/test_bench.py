@@ -99,7 +99,7 @@ def test_every_named_method_resolves_to_a_valid_config():
 
 
 def test_study_presets_resolve_and_run_a_few_iterations(tmp_path, capsys):
-    """Every call of the study presets names known methods and parses; each method's run resolves
+    """Every call of the study presets (and the schedule check beside them) names known methods and parses; each method's run resolves
     through the CLI; and the study preset really runs (a tiny budget, refits of 4 steps)."""
     import pytest
 
@@ -109,14 +109,15 @@ def test_study_presets_resolve_and_run_a_few_iterations(tmp_path, capsys):
     from gorl import bench
     from gorl.cli import main as gorl_main
 
-    for name in ("study", "study-hopper", "boundary"):
+    for name in ("study", "study-hopper", "boundary", "schedule"):
         preset = learning.PRESETS[name]
         for call in preset if isinstance(preset[0], list) else [preset]:
             args = bench.parser().parse_args(call)
-            assert args.stages and abs(sum(args.stages) - 1) < 1e-6
+            assert name == "schedule" or (args.stages and abs(sum(args.stages) - 1) < 1e-6)
             for method in args.methods:
                 _, recipe = bench.method_from_arg(method)
-                run = bench.run_args(recipe, args.tasks[0], args.budget, args.decoder_data, args.eval_every, tuple(args.stages))
+                run = bench.run_args(recipe, args.tasks[0], args.budget, args.decoder_data, args.eval_every,
+                                     tuple(args.stages) if args.stages else None)
                 with pytest.raises(SystemExit) as done:
                     gorl_main(["fit", "--config", str(CONF / "bench.yaml"), *run, *args.override, "--print_config"])
                 assert done.value.code in (None, 0), (name, method)
