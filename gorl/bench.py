@@ -352,9 +352,34 @@ def table(results: dict[tuple[str, str], list[dict]], budget: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_table(results: dict[tuple[str, str], list[dict]]) -> str:
+def window_records(curve: list[tuple[float, float]], bounds: list[float]) -> list[dict]:
+    """A single-stage run's evaluations cut at the GoRL stage boundaries ``bounds`` (env frames):
+    per window its best and final return, so that PPO's last frames sit beside GoRL's later
+    stages in one table. No ``initial``: PPO has no boundary to evaluate across."""
+    # A GoRL stage ends with the first iteration at or past its boundary, and evaluates there; so a
+    # window ends with the first evaluation at or past the boundary too.
+    windows: list[list[float]] = [[] for _ in range(len(bounds) + 1)]
+    k = 0
+    for frames, ret in curve:
+        windows[k].append(ret)
+        if k < len(bounds) and frames >= bounds[k]:
+            k += 1
+    return [{"initial": None, "best": max(w) if w else None, "final": w[-1] if w else None} for w in windows]
+
+
+def _window_name(k: int, bounds: list[float]) -> str:
+    mega = [f"{b / 1e6:.3g}M" for b in bounds]
+    if k == 0:
+        return f"frames 0–{mega[0]}"
+    return f"frames {mega[-1]}–end" if k == len(bounds) else f"frames {mega[k - 1]}–{mega[k]}"
+
+
+def stage_table(results: dict[tuple[str, str], list[dict]], bounds: list[float] | None = None) -> str:
     """Per method, task and stage: initial / best / final evaluation return, mean over seeds (per
-    seed in brackets), and the mean decoder fit that preceded the stage."""
+    seed in brackets), and the mean decoder fit that preceded the stage. With ``bounds`` (the
+    GoRL methods' stage boundaries in env frames) single-stage methods get a row per frame window
+    between them, for the comparison the study is about: what PPO gains over the frames GoRL
+    spends on its later stages."""
     lines = ["| task | method | stage | initial | best | final | decoder fit before the stage |", "|---|---|---|---|---|---|---|"]
 
     def cell(values: list) -> str:
@@ -366,14 +391,20 @@ def stage_table(results: dict[tuple[str, str], list[dict]]) -> str:
 
     for (method, task), runs in results.items():
         n_stages = max(len(r.get("stages", [])) for r in runs)
-        if n_stages < 2:
+        windows = n_stages < 2 and bool(bounds)
+        if windows:
+            per_run = [window_records(r["curve"], bounds) for r in runs]
+            n_stages = len(bounds) + 1
+        elif n_stages < 2:
             continue
+        else:
+            per_run = [r.get("stages", []) for r in runs]
         for k in range(n_stages):
-            recs = [r["stages"][k] for r in runs if len(r.get("stages", [])) > k]
+            recs = [stages[k] for stages in per_run if len(stages) > k]
             steps = [rec.get("fit_steps") for rec in recs if rec.get("fit_steps") is not None]
             secs = [rec.get("fit_seconds") for rec in recs if rec.get("fit_seconds") is not None]
             fit = f"{statistics.mean(steps):,.0f} steps, {statistics.mean(secs):.0f} s" if steps and secs else "-"
-            lines.append(f"| {task} | {method} | {k} | {cell([r.get('initial') for r in recs])} | {cell([r.get('best') for r in recs])} | "
+            lines.append(f"| {task} | {method} | {_window_name(k, bounds) if windows else k} | {cell([r.get('initial') for r in recs])} | {cell([r.get('best') for r in recs])} | "
                          f"{cell([r.get('final') for r in recs])} | {fit} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
@@ -435,16 +466,17 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(
         {"budget": args.budget, "seeds": args.seeds, "runs": [{"method": n, "task": t, "seed": s, **outcomes[(n, t, s)]} for n, t, s in cells]}, indent=1))
     md = table(results, args.budget)
-    stages = stage_table(results)
+    split = tuple(args.stages) if args.stages else GORL_STAGES
+    refining = any(m.refines for m in methods.values())
+    bounds = [args.budget * sum(split[:k]) for k in range(1, len(split))] if refining else []
+    stages = stage_table(results, bounds)
     if stages:
-        md += "\nPer stage (initial: evaluated right after the refit and reset, before any encoder update):\n\n" + stages
+        md += ("\nPer stage (initial: evaluated right after the refit and reset, before any encoder update; single-stage methods "
+               "over the same frame windows):\n\n" + stages)
     (out / "results.md").write_text(md)
     print("\n" + md)
     from gorl.analysis.plots import plot_runs
 
-    split = tuple(args.stages) if args.stages else GORL_STAGES
-    refining = any(m.refines for m in methods.values())
-    bounds = [args.budget * sum(split[:k]) for k in range(1, len(split))] if refining else []
     fig = plot_runs([(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells], boundaries=bounds)
     fig.savefig(out / "figure.png", dpi=120)
     print(f"[bench] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")

@@ -179,3 +179,17 @@ def test_an_archive_carries_finished_and_unfinished_runs_to_a_fresh_out_and_refu
     done = json.loads((tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "done.json").read_text())
     assert len(done["wall_parts_s"]) == 2 and done["wall_parts_missing"] == 0
     assert done["wall_s"] == sum(done["wall_parts_s"]) and done["wall_parts_s"][0] > 0
+
+
+def test_a_single_stage_run_is_cut_at_the_gorl_stage_boundaries_for_the_per_stage_table():
+    """PPO's rows in the per-stage table cover the frames GoRL spends on each stage: a window ends
+    with the first evaluation at or past the boundary, as a GoRL stage does."""
+    from gorl.bench import stage_table, window_records
+
+    curve = [(0.0, 0.0), (100_352.0, 10.0), (200_704.0, 30.0), (301_056.0, 20.0), (401_408.0, 25.0)]
+    got = window_records(curve, [199_999.0, 300_000.0])
+    assert [(w["best"], w["final"]) for w in got] == [(30.0, 30.0), (20.0, 20.0), (25.0, 25.0)]
+    assert all(w["initial"] is None for w in got)
+    table = stage_table({("ppo", "toy"): [{"curve": curve, "stages": [{"stage": 0}]}]}, [199_999.0, 300_000.0])
+    assert "| toy | ppo | frames 0–0.2M | - | 30.0 | 30.0 | - |" in table
+    assert stage_table({("ppo", "toy"): [{"curve": curve, "stages": [{"stage": 0}]}]}) == ""  # no GoRL beside it: no windows
