@@ -27,7 +27,6 @@ single-stage method from an encoder config. GoRL methods split the budget over s
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -38,6 +37,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gorl.analysis.io import resumed_frames, run_rows
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GORL_STAGES = (0.4, 0.3, 0.3)
@@ -120,22 +121,6 @@ def run_args(method: Method, task: str, budget: float, decoder_data: float, eval
     return args
 
 
-def _resumed(run_dir: Path) -> list[float]:
-    """The frames an unfinished run was resumed from, one per resumption."""
-    path = run_dir / "resumed.json"
-    return json.loads(path.read_text()) if path.exists() else []
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    """The run's metric rows across resumptions: each earlier part up to the frame it resumed from."""
-    parts = sorted(run_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
-    resumed = _resumed(run_dir)
-    rows: list[dict] = []
-    for part, upto in zip(parts, resumed):
-        rows += [r for r in csv.DictReader(part.open()) if not r.get("loop/frames") or float(r["loop/frames"]) <= upto]
-    return rows + list(csv.DictReader((run_dir / "metrics.csv").open()))
-
-
 def stage_records(rows: list[dict]) -> list[dict]:
     """Per stage: initial (right after the boundary, before any update), best and final evaluation
     return, and the refit that ended the stage before it (steps, seconds, best validation loss)."""
@@ -164,7 +149,7 @@ def read_run(run_dir: Path) -> dict | None:
     done, metrics = run_dir / "done.json", run_dir / "metrics.csv"
     if not done.exists() or not metrics.exists():
         return None
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir / "metrics.csv")
     curve = [(float(r["loop/frames"]), float(r["eval/return"])) for r in rows if r.get("eval/return") and r.get("loop/frames")]
     collect = max((float(r["loop/collect_frames"]) for r in rows if r.get("loop/collect_frames")), default=0.0)
     return {"final_return": curve[-1][1], "curve": curve, "decoder_data_frames": collect, "stages": stage_records(rows),
@@ -184,7 +169,7 @@ def prepare_resume(run_dir: Path) -> Path | None:
     except Exception as err:  # a checkpoint cut short by the kill: start the run again
         print(f"[bench] {run_dir}: unreadable last.ckpt ({type(err).__name__}), starting over", flush=True)
         return None
-    resumed = _resumed(run_dir)
+    resumed = resumed_frames(run_dir)
     if (run_dir / "metrics.csv").exists():
         (run_dir / "metrics.csv").rename(run_dir / f"metrics.part{len(resumed)}.csv")
         (run_dir / "resumed.json").write_text(json.dumps(resumed + [frames]))
@@ -319,7 +304,7 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
         lines = [line for line in log_path.read_text().splitlines() if line.strip()]
         tail = [line for line in lines if line.startswith("gorl: error")][-1:] or lines[-1:] or ["(no output)"]
         raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); its log: {log_path}")
-    resumed = _resumed(run_dir)
+    resumed = resumed_frames(run_dir)
     parts, started = part_seconds(log_path)
     # wall_s: every part of the run on record; wall_parts_missing counts parts with no time (killed
     # and never snapshotted), which the results table marks.

@@ -77,6 +77,11 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_keeps_its_curve(tmp_
     # The killed part ran with the same seed as the reference, so its points are the reference's.
     assert [p for p in got["curve"] if p[0] <= upto] == [p for p in reference if p[0] <= upto]
     assert (cut / "metrics.part0.csv").exists()
+    # The analysis readers (the notebooks, the bench figure) see the same joined curve.
+    from gorl.analysis import eval_points, load_metrics
+
+    xs, ys = eval_points(load_metrics(cut))
+    assert [(float(x), float(y)) for x, y in zip(xs, ys)] == [(float(f), float(r)) for f, r in got["curve"]]
 
 
 def test_every_named_method_resolves_to_a_valid_config():

@@ -8,6 +8,7 @@ file below the given path and merge them in order.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,16 +79,36 @@ def _metrics_files(run_dir: Path) -> list[Path]:
     return paths
 
 
+def resumed_frames(run_dir: Path) -> list[float]:
+    """The frames a ``gorl bench`` run was resumed from, one per resumption (``resumed.json``)."""
+    path = run_dir / "resumed.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def run_rows(metrics_csv: Path) -> list[dict[str, str]]:
+    """The rows of one ``metrics.csv``, preceded by the parts ``gorl bench`` set aside when it
+    resumed that run (``metrics.part<N>.csv`` beside it, each cut at the frame the next part resumed
+    from: rows past it were recomputed after the resume)."""
+    run_dir = metrics_csv.parent
+    parts = sorted(run_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    rows: list[dict[str, str]] = []
+    for part, upto in zip(parts, resumed_frames(run_dir)):
+        with part.open(newline="") as f:
+            rows += [r for r in csv.DictReader(f) if not r.get("loop/frames") or float(r["loop/frames"]) <= upto]
+    with metrics_csv.open(newline="") as f:
+        return rows + list(csv.DictReader(f))
+
+
 def load_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The CSV logger's ``metrics.csv`` as columns: ``{name: float array}``, NaN where a row has no value.
 
-    All ``metrics.csv`` below ``run_dir`` (a run and its resumes) are concatenated, oldest first.
-    Plain NumPy columns rather than a DataFrame: pandas is not a dependency.
+    All ``metrics.csv`` below ``run_dir`` (a run and its resumes) are concatenated, oldest first,
+    each with the earlier parts ``gorl bench`` kept of it (:func:`run_rows`). Plain NumPy columns
+    rather than a DataFrame: pandas is not a dependency.
     """
     rows: list[dict[str, str]] = []
     for path in _metrics_files(Path(run_dir)):
-        with path.open(newline="") as f:
-            rows.extend(csv.DictReader(f))
+        rows.extend(run_rows(path))
     names = sorted({k for row in rows for k in row})
 
     def number(text: str | None) -> float:
