@@ -27,6 +27,7 @@ single-stage method from an encoder config. GoRL methods split the budget over s
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
 import re
@@ -204,8 +205,6 @@ def _close_stopped_part(run_dir: Path, ckpt: Path) -> None:
     starts = [i for i, line in enumerate(lines) if _PART_START.match(line)]
     if not starts or any(_PART_END.match(line) for line in lines[starts[-1]:]):
         return
-    import calendar
-
     began = calendar.timegm(time.strptime(_PART_START.match(lines[starts[-1]]).group(1), "%Y-%m-%d %H:%M:%S"))
     with log.open("a") as f:
         f.write(f"\n# part stopped; its last checkpoint was written after {max(0.0, ckpt.stat().st_mtime - began):.0f} s\n")
