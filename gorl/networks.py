@@ -30,6 +30,10 @@ class RunningNorm(nn.Module):
     Buffers (not parameters) so the statistics travel in every checkpoint and are never touched by
     an optimiser. ``update`` merges a batch with Chan et al.'s parallel formula, so the result does
     not depend on how the data was split into batches.
+
+    Whether any data has been seen is mirrored in a Python flag (``empty``), kept in step by
+    :meth:`update`, :meth:`reset_` and state-dict loading: reading ``count == 0`` in ``forward``
+    would be a device-to-host sync on every call on a GPU (every env step and every minibatch).
     """
 
     def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
@@ -38,6 +42,19 @@ class RunningNorm(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.empty = True
+
+    @torch.no_grad()
+    def reset_(self) -> None:
+        """Forget every statistic (as newly built)."""
+        self.count.zero_()
+        self.mean.zero_()
+        self.var.fill_(1.0)
+        self.empty = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.empty = bool(self.count == 0)  # one sync per load, not per forward
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, batch_only_var: bool = False) -> None:
@@ -70,9 +87,10 @@ class RunningNorm(nn.Module):
             self.var.copy_((self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total) / total)
         self.mean.copy_(new_mean)
         self.count.fill_(total)
+        self.empty = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.count == 0:
+        if self.empty:
             return x
         std = (self.var + self.eps).sqrt().to(x.dtype)
         return ((x - self.mean.to(x.dtype)) / std).clamp(-self.clip, self.clip)

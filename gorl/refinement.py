@@ -173,9 +173,9 @@ def clip_targets(data: TensorDict, clip: float | None) -> TensorDict:
 def top_q_episodes(data: TensorDict, q: float) -> TensorDict:
     """Keep the transitions of the best ``q`` fraction of episodes by (collected) return."""
     ids, inverse = torch.unique(data["episode"], return_inverse=True)
-    returns = torch.zeros(len(ids)).index_add_(0, inverse, data["reward"].float())
+    returns = torch.zeros(len(ids), device=ids.device).index_add_(0, inverse, data["reward"].float())
     keep_n = max(1, int(round(q * len(ids))))
-    keep = torch.zeros(len(ids), dtype=torch.bool)
+    keep = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     keep[returns.topk(keep_n).indices] = True
     return data[keep[inverse]]
 
@@ -189,7 +189,8 @@ def split_by_episode(data: TensorDict, val_fraction: float, generator: torch.Gen
         return data[:-n_val], data[-n_val:]
     n_val = max(1, int(round(len(ids) * val_fraction)))
     is_val = torch.zeros(len(ids), dtype=torch.bool)
-    is_val[torch.randperm(len(ids), generator=generator)[:n_val]] = True
+    is_val[torch.randperm(len(ids), generator=generator)[:n_val]] = True  # drawn on the CPU: the same split on any device
+    is_val = is_val.to(ids.device)
     mask = is_val[inverse]
     return data[~mask], data[mask]
 
@@ -252,13 +253,17 @@ class DecoderFit:
         todo = min_over_ranks(min(cfg.round_steps(n), self.total_steps - self.steps))
         bs = min(cfg.batch_size, n)
         total, pair_total = torch.zeros((), device=decoder.device), torch.zeros((), device=decoder.device)
+        # Plain tensors in the step loop: indexing a TensorDict per step costs more host time than a
+        # GPU spends on the step itself.
+        obs_all, act_all = self.train["observation"], self.train["action"]
+        latent_all = self.train["latent"] if cfg.pairwise_weight > 0 else None
         for _ in range(todo):
-            idx = torch.randint(0, n, (bs,)).to(decoder.device)
-            batch = self.train[idx]
-            loss = decoder.loss(batch["observation"], batch["action"])
+            idx = torch.randint(0, n, (bs,), device=decoder.device)  # drawn where it is used: no copy per step
+            obs, action = obs_all[idx], act_all[idx]
+            loss = decoder.loss(obs, action)
             total += loss.detach().float()
-            if cfg.pairwise_weight > 0:
-                pair = pairwise_loss(decoder, batch["observation"], batch["latent"], batch["action"])
+            if latent_all is not None:
+                pair = pairwise_loss(decoder, obs, latent_all[idx], action)
                 pair_total += pair.detach().float()
                 loss = loss + cfg.pairwise_weight * pair
             optimize(loss)

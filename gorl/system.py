@@ -4,7 +4,9 @@ Lightning drives it like any module (``Trainer.fit``), but one ``training_step``
 of the GoRL loop (:mod:`gorl.loop`): during an encoder phase, a TorchRL collector rollout and one PPO
 update of the encoder (:class:`~gorl.encoders.EncoderModule` by default); during a decoder refinement, the dataset collection
 or one epoch of decoder fitting (:mod:`gorl.refinement`). The "batches" Lightning feeds it are just
-ticks; the data comes from the collector, built in :meth:`setup` once the module is on its device.
+ticks; the data comes from the collector, built in :meth:`on_fit_start`, once Lightning has moved
+the module to its device (``setup`` runs before that move, so a collector built there would act
+with a CPU policy beside CUDA weights).
 Optimisation is manual because one iteration takes many optimiser steps of one of two optimisers.
 
 The policy the env sees is ``observation -> encoder latent -> decoder -> tanh``
@@ -38,7 +40,7 @@ from gorl.evaluation import evaluate
 from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash
-from gorl.optimization import guarded_step
+from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, split_by_episode, top_q_episodes
 
@@ -47,21 +49,61 @@ DecoderFactory = Callable[[int, int], DecoderModule]
 
 
 def rng_state() -> dict:
-    """torch / numpy / python RNG states in types that ``torch.load(weights_only=True)`` accepts."""
+    """torch (CPU and, where present, every CUDA device) / numpy / python RNG states, in types that
+    ``torch.load(weights_only=True)`` accepts; all CPU tensors, so the checkpoint loads anywhere."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": random.getstate(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)  # on a CPU-only machine (or another GPU count) CUDA's streams are not restored
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def to_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside (dicts, lists, tuples) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def episode_returns(reward: torch.Tensor, done: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns of episodes ending in a rollout ``[N, T]``, in closed form over time.
+
+    ``carry[i]`` is what env ``i``'s running episode had collected before this rollout. Returns
+    ``(ended, carry')``: ``ended[i, t]`` is the whole return of the episode ending at step ``t``
+    (meaningful where ``done[i, t]``), ``carry'`` the unfinished part after the last step. A cumulative
+    sum of the rewards, minus its value at the previous episode end (found with a running max over
+    the indices of ends), gives every episode's return without a loop over steps.
+    """
+    n, steps = reward.shape
+    done = done.to(torch.bool)
+    cum = carry[:, None] + torch.cumsum(reward, dim=1)  # [N, T]
+    index = torch.arange(steps, device=reward.device).expand(n, steps)
+    last_end = torch.where(done, index, torch.full_like(index, -1)).cummax(dim=1).values  # last end at or before t
+    prev_end = torch.cat([torch.full_like(last_end[:, :1], -1), last_end[:, :-1]], dim=1)  # strictly before t
+    base = torch.where(prev_end >= 0, cum.gather(1, prev_end.clamp_min(0)), torch.zeros_like(cum))
+    ended = cum - base
+    final_end = last_end[:, -1]
+    carry = cum[:, -1] - torch.where(final_end >= 0, cum.gather(1, final_end.clamp_min(0)[:, None])[:, 0], torch.zeros_like(carry))
+    return ended, carry
 
 
 class _Ticks(IterableDataset):
@@ -122,7 +164,9 @@ class GoRLSystem(pl.LightningModule):
         self.best_encoder: dict[str, torch.Tensor] | None = None
         self.fit_state: DecoderFit | None = None
         self._ep_return: torch.Tensor | None = None
-        self._recent_returns: list[float] = []
+        self._finished = {"sum": None, "count": None}  # training episodes ended since the last row
+        self._guard: FiniteGuard | None = None
+        self.collector: Collector | None = None
         self.last_rollout: TensorDictBase | None = None
         self._envs: dict[str, EnvBase] = {}
         self._row: dict[str, float] = {}
@@ -157,6 +201,17 @@ class GoRLSystem(pl.LightningModule):
         seed = self.seed + 10_000 * rank
         self._envs["train"] = make_env(self.env_cfg, seed=seed)
         self._envs["eval"] = make_env(self.env_cfg, seed=seed + 1_000_000, num_envs=self.env_cfg.eval_envs, num_workers=1)
+
+    def on_fit_start(self) -> None:
+        """Build the collector now that the module is on its final device (see the module docstring);
+        a resumed run has also loaded its weights by now."""
+        self.collector = self._build_collector()
+        self._batches = iter(self.collector)
+        # On a GPU every host read of a device value stalls the launch queue: finiteness checks of
+        # the optimiser steps are then read once per update (gorl/optimization.py says why it is safe).
+        self._guard = FiniteGuard() if self.device.type == "cuda" else None
+
+    def _build_collector(self) -> Collector:
         frames = self.train_env.batch_size.numel() * self.encoder.rollout_steps
         # The collector runs the live policy object (same process, same device): weights updated by
         # the optimiser are used at the next step with no copy.
@@ -166,10 +221,9 @@ class GoRLSystem(pl.LightningModule):
         # TorchRL 0.14 copies every step's tensordict onto the env's device even when nothing
         # moves (~0.1 ms of the parent's ~0.8 ms per 64-env step, measured on CPU).
         env_device = self.train_env.device
-        self.collector = Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True,
-                                   auto_register_policy_transforms=False, policy_device=self.device,
-                                   env_device=env_device, storing_device=env_device)
-        self._batches = iter(self.collector)
+        return Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True,
+                         auto_register_policy_transforms=False, policy_device=self.device,
+                         env_device=env_device, storing_device=env_device)
 
     def teardown(self, stage: str) -> None:
         if getattr(self, "collector", None) is not None:
@@ -240,7 +294,13 @@ class GoRLSystem(pl.LightningModule):
         self._row = {}
 
     def _optimize(self, optimizer, loss: torch.Tensor, max_norm: float | None = None) -> None:
-        guarded_step(self, optimizer, loss, max_norm, self._where())
+        guarded_step(self, optimizer, loss, max_norm, self._where(), self._guard)
+
+    def _check_finite(self) -> None:
+        """Read the deferred finiteness flags of the steps just taken (CUDA runs; a no-op on CPU,
+        where each step checks itself)."""
+        if self._guard is not None:
+            self._guard.raise_if_bad(self._where())
 
     def _next_rollout(self) -> TensorDictBase:
         # Collection runs torch on one thread: the acting networks' matrices are too small to gain
@@ -257,10 +317,12 @@ class GoRLSystem(pl.LightningModule):
             raise
         finally:
             torch.set_num_threads(threads)
-        obs = rollout.get("observation")
-        if not torch.isfinite(obs).all():
-            raise NonFiniteError(f"non-finite observation from the env in the {self._where()}")
         return rollout
+
+    def _check_observations(self, rollout: TensorDictBase) -> None:
+        # One host read per call: the encoder phase checks its whole update's rollouts at once.
+        if not bool(torch.isfinite(rollout.get("observation")).all()):
+            raise NonFiniteError(f"non-finite observation from the env in the {self._where()}")
 
     def _to_module_device(self, data: TensorDictBase) -> TensorDictBase:
         """The rollout's one host-to-device crossing: envs (dm_control) fill CPU tensors, the
@@ -284,20 +346,21 @@ class GoRLSystem(pl.LightningModule):
             rollouts.append(self._next_rollout())
             self._track_returns(rollouts[-1])  # per env copy, so per rollout
         rollout = rollouts[0] if len(rollouts) == 1 else torch.cat(rollouts, 0)
+        self._check_observations(rollout)
         rollout = self._to_module_device(rollout)
         t1 = time.perf_counter()
         self.last_rollout = rollout  # for callbacks (e.g. probe states of the distribution logger)
         enc_opt = self.optimizers()[0]
         self.encoder.set_stage(st.stage, enc_opt)
         metrics = self.encoder.train_on(rollout, lambda loss, norm: self._optimize(enc_opt, loss, norm), st.stage)
+        self._check_finite()
         t2 = time.perf_counter()
         frames = rollout.numel() * self.trainer.world_size
         st.frames += frames
         st.stage_frames += frames
         self.record_metrics({f"encoder/{k}": v for k, v in metrics.items()})
         self.record_metrics({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
-        if self._recent_returns:
-            self.record_metrics({"train/return": sum(self._recent_returns) / len(self._recent_returns)})
+        self._record_train_return()
         phase_over = st.encoder_phase_over(cfg)
         if st.eval_due(cfg) or phase_over:
             self.evaluate()
@@ -324,7 +387,7 @@ class GoRLSystem(pl.LightningModule):
         if self.fit_state is None:
             # Collect with the best encoder, frozen; then start a fresh (or warm) decoder.
             per_rank = lambda n: None if n is None else math.ceil(n / self.trainer.world_size)  # noqa: E731
-            data, frames = collect(iter(self._next_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
+            data, frames = collect(iter(self._next_checked_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
             st.collect_frames += frames * self.trainer.world_size
             rec["decoder_data"] = frames * self.trainer.world_size
             if rc.top_q is not None:
@@ -345,6 +408,7 @@ class GoRLSystem(pl.LightningModule):
             return
         fit = self.fit_state
         metrics = fit.step(self.trainee, lambda loss: self._optimize(dec_opt, loss), reduce=lambda x: self.trainer.strategy.reduce(x, reduce_op="mean"))
+        self._check_finite()
         rec["fit_seconds"] += time.perf_counter() - t0
         self.record_metrics({f"decoder/{k}": v for k, v in metrics.items()})
         stop = "" if rc.patience is None else f", {fit.bad_rounds}/{rc.patience} without improvement"
@@ -356,20 +420,39 @@ class GoRLSystem(pl.LightningModule):
             self.fit_state = None
             boundary.begin_stage(self, fit)
 
+    def _next_checked_rollout(self) -> TensorDictBase:
+        rollout = self._next_rollout()
+        self._check_observations(rollout)
+        return rollout
+
     def _track_returns(self, rollout: TensorDictBase) -> None:
-        """Training-episode returns (unscaled) from a rollout ``[*batch, T]``."""
+        """Accumulate the (unscaled) returns of training episodes that end in a rollout ``[*batch, T]``.
+
+        Vectorised over time and kept on the rollout's device: no host read per step (a GPU run's
+        rollouts never leave the GPU). ``train/return`` is then the mean over the episodes that
+        ended since the last logged row, and absent from rows where none ended (no stale value).
+        """
         data = rollout.reshape(-1, rollout.shape[-1])
-        reward = data["next", "reward"].reshape(data.shape)
+        reward = data["next", "reward"].reshape(data.shape).float()
         done = data["next", "done"].reshape(data.shape)
-        if self._ep_return is None or self._ep_return.shape[0] != data.shape[0]:
-            self._ep_return = torch.zeros(data.shape[0])
-        for t in range(data.shape[1]):
-            self._ep_return += reward[:, t]
-            finished = done[:, t]
-            if finished.any():
-                self._recent_returns.extend(self._ep_return[finished].tolist())
-                self._ep_return[finished] = 0.0
-        self._recent_returns = self._recent_returns[-100:]
+        n = data.shape[0]
+        if self._ep_return is None or self._ep_return.shape[0] != n or self._ep_return.device != reward.device:
+            self._ep_return = torch.zeros(n, device=reward.device)
+        ended, self._ep_return = episode_returns(reward, done, self._ep_return)
+        total = (ended * done).sum()
+        count = done.sum()
+        f = self._finished
+        f["sum"] = total if f["sum"] is None else f["sum"] + total
+        f["count"] = count if f["count"] is None else f["count"] + count
+
+    def _record_train_return(self) -> None:
+        f = self._finished
+        if f["count"] is None:
+            return
+        total, count = torch.stack([f["sum"].float(), f["count"].float()]).tolist()  # one host read per update
+        self._finished = {"sum": None, "count": None}
+        if count > 0:
+            self.record_metrics({"train/return": total / count})
 
     # --- checkpoints: the loop's state travels with the weights -----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -377,13 +460,15 @@ class GoRLSystem(pl.LightningModule):
         # leaves its curve up to where a resume picks it up again.
         for logger in self.loggers:
             logger.save()
-        checkpoint["gorl_loop"] = {
+        # Everything the loop adds is stored as CPU tensors, so a checkpoint written on a GPU loads
+        # on a CPU-only machine (Lightning's own state_dict is mapped to the CPU when loaded).
+        checkpoint["gorl_loop"] = to_cpu({
             "state": self.loop_state.state_dict(),
             "best_encoder": self.best_encoder,
             "fit": None if self.fit_state is None else self.fit_state.state_dict(),
             "rng": rng_state(),
             "encoder": self.encoder.checkpoint_state(),  # e.g. SAC's replay buffer
-        }
+        })
         checkpoint[META_KEY] = policy_meta(self)  # what gorl.load_policy rebuilds the acting chain from
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -140,6 +140,11 @@ def test_collector_runs_the_policy_on_the_module_device_and_stores_on_the_env_de
     system = smoke_system()
     system.setup("fit")
     try:
+        # Lightning calls setup() before it moves the module to its device, so the collector (which
+        # binds the policy's device) must not exist yet; it is built in on_fit_start, after the move.
+        # (Built in setup, every CUDA run acted with a CPU policy beside CUDA weights: H200, 2026-12-04.)
+        assert system.collector is None
+        system.on_fit_start()
         collector = system.collector
         assert collector.policy_device == system.device
         assert collector.env_device == collector.storing_device == system.train_env.device

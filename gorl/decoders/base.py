@@ -39,15 +39,13 @@ class DecoderModule(pl.LightningModule):
 
     def fit_obs_statistics(self, obs: torch.Tensor) -> None:
         """Freeze the observation statistics of the training data into the decoder."""
-        self.obs_norm.count.zero_()
-        self.obs_norm.mean.zero_()
-        self.obs_norm.var.fill_(1.0)
+        self.obs_norm.reset_()
         self.obs_norm.update(obs)
 
     # --- standalone Lightning training --------------------------------------------------------
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule if self.trainer is not None else None
-        if self.obs_norm.count == 0 and dm is not None and hasattr(dm, "train_observations"):
+        if self.obs_norm.empty and dm is not None and hasattr(dm, "train_observations"):
             self.fit_obs_statistics(dm.train_observations().to(self.device))
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:

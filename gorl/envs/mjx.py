@@ -49,6 +49,8 @@ other overflow warnings stay.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from functools import lru_cache
@@ -68,20 +70,41 @@ EPISODE_LENGTH = 1000  # Playground's suite default (``episode_length`` in every
 INSTALL_HINT = "the mjx backend needs the optional extra: pip install -e '.[mjx]'"
 
 
+# What MJX prints on import when the optional ``warp-lang`` package is absent: the ``jax`` pipeline
+# never uses Warp, so on that path the line only misleads (``_warp`` checks for it where it matters).
+_WARP_ABSENT = ("Failed to import warp:", "Failed to import mujoco_warp:")
+
+
 def _modules() -> tuple[Any, Any]:
-    """(jax, mujoco_playground.registry), or a :class:`ConfigError` that says how to install them."""
+    """(jax, mujoco_playground.registry), or a :class:`ConfigError` that says how to install them.
+
+    Needs neither Warp nor its ``warp-lang`` package: only ``mjx_impl: warp`` does (:func:`_warp`)."""
     try:
         import jax
-        import warp
 
-        # Warp's INFO log prints a banner and one line per kernel module it loads (~40 at the first
-        # step); warnings and errors still print.
-        warp.config.log_level = max(warp.config.log_level, 30)
-        from mujoco_playground import registry
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            from mujoco_playground import registry
     except ImportError as err:
         raise ConfigError(f"{INSTALL_HINT} ({err})") from None
+    for line in printed.getvalue().splitlines():
+        if not line.startswith(_WARP_ABSENT):
+            print(line)
     _compilation_cache(jax)
     return jax, registry
+
+
+def _warp() -> Any:
+    """The ``warp`` module, for ``mjx_impl: warp`` only; its absence is one clear error."""
+    try:
+        import warp
+    except ImportError:
+        raise ConfigError("env.mjx_impl: warp needs the warp-lang package (pip install warp-lang); "
+                          "the default env.mjx_impl: jax runs without it") from None
+    # Warp's INFO log prints a banner and one line per kernel module it loads (~40 at the first
+    # step); warnings and errors still print.
+    warp.config.log_level = max(warp.config.log_level, 30)
+    return warp
 
 
 _CACHE_SET = False
@@ -150,6 +173,8 @@ def _playground_env(task: str, impl: str) -> Any:
     cached with it, so the eval env and the train env of a run share compiled code."""
     check_impl(impl)
     _, registry = _modules()
+    if impl == "warp":
+        _warp()
     import mujoco
 
     name = check_task(task)
