@@ -42,13 +42,14 @@ import math
 from typing import Iterator, Literal, Sequence
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
+from gorl.encoders.advantage import segment_gae
 from gorl.encoders.base import LatentEncoder, OptimizeFn
 from gorl.errors import ConfigError
 from gorl.networks import GaussianHead, gaussian_log_prob, RunningNorm, mlp, stage_item, stage_value
@@ -289,7 +290,7 @@ class EncoderModule(LatentEncoder):
                 prior = prior_regulariser(loc, scale, hp.prior_reg)
                 loss = loss + beta * prior
             else:
-                prior = torch.zeros(())
+                prior = torch.zeros((), device=loss.device)
             optimize(loss, max_norm)
             for k, v in (
                 ("loss", loss),
@@ -329,6 +330,9 @@ class EncoderModule(LatentEncoder):
                 for start in range(0, n - mb + 1, mb):
                     yield flat[perm[start : start + mb]]
             return
+        if hp.loss_impl == "fused":
+            yield from self._segment_minibatches(data)
+            return
         segments = data.select("observation", "latent", "latent_log_prob", "next")
         rows, unroll = segments.shape
         per_mb = max(1, min(rows, hp.minibatch_size // unroll))
@@ -339,6 +343,31 @@ class EncoderModule(LatentEncoder):
                 with torch.no_grad():
                     self.gae(batch)
                 yield batch.select(*self._LOSS_KEYS).reshape(-1)
+
+    def _segment_minibatches(self, data: TensorDictBase) -> Iterator[TensorDictBase]:
+        """``gae="minibatch"`` in plain tensors (``loss_impl="fused"``): the same minibatches (same
+        shuffle, whole segments) and the same advantages as the TorchRL path above, computed by
+        :func:`~gorl.encoders.advantage.segment_gae` with one critic call per minibatch and no
+        host reads (the TorchRL path reads segment lengths on the host in every minibatch)."""
+        hp = self.hparams
+        obs, next_obs = data["observation"], data["next", "observation"]
+        reward, done, terminated = data["next", "reward"], data["next", "done"], data["next", "terminated"]
+        latent, log_prob = data["latent"], data["latent_log_prob"]
+        rows, unroll = data.shape
+        per_mb = max(1, min(rows, hp.minibatch_size // unroll))
+        for _ in range(hp.epochs):
+            perm = torch.randperm(rows, device=obs.device)
+            for start in range(0, rows - per_mb + 1, per_mb):
+                idx = perm[start : start + per_mb]
+                o = obs[idx]
+                with torch.no_grad():
+                    values = self.critic_net(torch.cat([o, next_obs[idx]], 0))
+                    value, next_value = values[:per_mb], values[per_mb:]
+                    advantage = segment_gae(reward[idx], value, next_value, done[idx], terminated[idx], hp.gamma, hp.lmbda)
+                n = per_mb * unroll
+                yield TensorDict({"observation": o.reshape(n, -1), "latent": latent[idx].reshape(n, -1),
+                                  "latent_log_prob": log_prob[idx].reshape(n), "advantage": advantage.reshape(n, 1),
+                                  "value_target": (advantage + value).reshape(n, 1)}, batch_size=[n], device=o.device)
 
     def _update_obs_statistics(self, obs: torch.Tensor, stage: int) -> None:
         self.obs_norm.update(obs, batch_only_var=stage_item(self.hparams.obs_stats_accumulation, stage) == "batch_only")

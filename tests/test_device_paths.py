@@ -1,0 +1,176 @@
+"""The members of the CUDA-correctness class that a CPU can show (the rest run in tests/test_cuda.py
+on a GPU machine, through benchmarks/gpu_check.py):
+
+- a checkpoint written on a GPU loads on a CPU-only machine, in every path that loads one;
+- the loop's own tensors follow the data's device and need no host read per step (episode returns,
+  per-minibatch GAE, finiteness checks, observation statistics);
+- MJX's ``jax`` pipeline starts without the ``warp-lang`` package.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.objectives.value import GAE
+
+import gorl
+from gorl.encoders.advantage import segment_gae
+from gorl.errors import NonFiniteError
+from gorl.networks import RunningNorm
+from gorl.optimization import FiniteGuard
+from gorl.system import episode_returns
+from tests.conftest import CONF, ROOT, run_gorl
+
+
+# --- a checkpoint from a GPU, on a CPU-only machine ------------------------------------------------
+@pytest.fixture(scope="module")
+def cuda_tagged_checkpoint(tmp_path_factory):
+    """A real checkpoint re-saved as a GPU run writes it: every storage tagged ``cuda:0``."""
+    from tests.test_inference import _trained
+
+    tmp = tmp_path_factory.mktemp("cuda_ckpt")
+    _, path = _trained(tmp, None)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    original = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(state, tmp / "from_gpu.ckpt")
+    finally:
+        torch.serialization.location_tag = original
+    return path, tmp / "from_gpu.ckpt"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="shows what a CPU-only machine does with a GPU checkpoint")
+def test_a_checkpoint_written_on_a_gpu_loads_on_a_cpu_only_machine(cuda_tagged_checkpoint, tmp_path):
+    cpu_path, gpu_path = cuda_tagged_checkpoint
+    with pytest.raises(RuntimeError, match="CUDA"):  # the file really carries CUDA storages
+        torch.load(gpu_path, weights_only=True)
+    # the policy API
+    obs = torch.randn(16, gorl.load_policy(cpu_path).obs_dim)
+    assert torch.equal(gorl.load_policy(gpu_path).act(obs), gorl.load_policy(cpu_path).act(obs))
+    # the CLI: validate and resume (a longer plan, so the resumed run trains a further stage)
+    res = run_gorl("validate", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(gpu_path), cwd=tmp_path)
+    assert res.returncode == 0 and "eval/return" in res.stdout, res.stderr[-2000:]
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(gpu_path),
+                   "--model.loop.stages", "[512, 256, 256, 128]", "--curves", "false", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "finished stage 3" in res.stdout + res.stderr
+
+
+# --- training-episode returns, vectorised ------------------------------------------------------
+def _returns_by_loop(reward, done, carry):
+    carry = carry.clone()
+    ended = torch.zeros_like(reward)
+    for t in range(reward.shape[1]):
+        carry += reward[:, t]
+        ended[:, t] = carry
+        carry[done[:, t]] = 0.0
+    return ended, carry
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_episode_returns_match_the_step_by_step_sum(seed):
+    g = torch.Generator().manual_seed(seed)
+    reward = torch.randn(7, 25, generator=g)
+    done = torch.rand(7, 25, generator=g) < 0.2
+    done[0] = False  # an env with no episode end in the rollout
+    done[1, 3:5] = True  # two ends in a row
+    carry = torch.randn(7, generator=g)
+    ended, carry_out = episode_returns(reward, done, carry)
+    want_ended, want_carry = _returns_by_loop(reward, done, carry)
+    torch.testing.assert_close(ended[done], want_ended[done])
+    torch.testing.assert_close(carry_out, want_carry)
+
+
+def test_train_return_is_absent_where_no_episode_ended():
+    from tests.test_loop import smoke_system
+
+    system = smoke_system()
+    td = TensorDict({"next": {"reward": torch.ones(4, 6, 1), "done": torch.zeros(4, 6, 1, dtype=torch.bool)}}, [4, 6])
+    system._track_returns(td)
+    system._record_train_return()
+    assert "train/return" not in system._row  # nothing ended: no (stale) value
+    td["next", "done"][:2, -1] = True
+    system._track_returns(td)
+    system._record_train_return()
+    assert system._row["train/return"] == 12.0  # two episodes of 6 + 6 steps of reward 1
+
+
+# --- per-minibatch GAE without host reads -----------------------------------------------------
+def test_segment_gae_matches_torchrl_gae_with_episode_ends_inside_segments():
+    g = torch.Generator().manual_seed(0)
+    b, t = 12, 30
+    critic = torch.nn.Linear(3, 1)
+    obs, nxt = torch.randn(b, t, 3, generator=g), torch.randn(b, t, 3, generator=g)
+    done = torch.rand(b, t, 1, generator=g) < 0.15
+    terminated = done & (torch.rand(b, t, 1, generator=g) < 0.5)  # the rest are truncations
+    reward = torch.randn(b, t, 1, generator=g)
+    td = TensorDict({"observation": obs, "next": {"observation": nxt, "reward": reward, "done": done, "terminated": terminated,
+                                                   "truncated": done & ~terminated}}, [b, t])
+    from torchrl.modules import ValueOperator
+
+    gae = GAE(gamma=0.99, lmbda=0.95, value_network=ValueOperator(critic, in_keys=["observation"]), average_gae=False)
+    with torch.no_grad():
+        gae(td)
+        ours = segment_gae(reward, critic(obs), critic(nxt), done, terminated, 0.99, 0.95)
+    torch.testing.assert_close(ours, td["advantage"], rtol=1e-5, atol=1e-5)
+
+
+# --- finiteness checks read once per update -------------------------------------------------
+def test_deferred_finiteness_guard_reports_at_the_end_of_the_update():
+    guard = FiniteGuard()
+    ok = torch.tensor(True)
+    guard.note(ok, ok)
+    guard.raise_if_bad("encoder phase, stage 0, frame 0")  # all finite: nothing
+    guard.note(ok, torch.tensor(False))
+    guard.note(ok, ok)  # a later good step does not clear it
+    with pytest.raises(NonFiniteError, match="non-finite gradient in the encoder phase"):
+        guard.raise_if_bad("encoder phase, stage 0, frame 0")
+    guard.note(torch.tensor(False), None)
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        guard.raise_if_bad("decoder phase")
+    guard.raise_if_bad("decoder phase")  # reported once, then cleared
+
+
+def test_running_norm_knows_it_is_empty_without_reading_the_device():
+    norm = RunningNorm(3)
+    x = torch.randn(5, 3) * 20
+    assert norm.empty and torch.equal(norm(x), x)
+    norm.update(x)
+    assert not norm.empty and not torch.equal(norm(x), x)
+    fresh = RunningNorm(3)
+    fresh.load_state_dict(norm.state_dict())
+    assert not fresh.empty and torch.equal(fresh(x), norm(x))
+    norm.load_state_dict(RunningNorm(3).state_dict())
+    assert norm.empty
+    fresh.reset_()
+    assert fresh.empty and float(fresh.count) == 0
+
+
+# --- MJX without Warp -------------------------------------------------------------------------
+_NO_WARP = """
+import sys
+sys.modules["warp"] = None  # as if warp-lang were not installed: `import warp` raises ImportError
+from gorl.envs.mjx import mjx_dims, _playground_env
+from gorl.errors import ConfigError
+print("dims", mjx_dims("cheetah-run", "jax"))
+try:
+    _playground_env("hopper-stand", "warp")
+except ConfigError as err:
+    print("warp:", err)
+"""
+
+
+def test_mjx_jax_pipeline_needs_no_warp_and_the_warp_pipeline_says_what_it_needs():
+    pytest.importorskip("mujoco_playground")
+    res = subprocess.run([sys.executable, "-c", _NO_WARP], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "dims (17, 6)" in res.stdout
+    assert "warp: env.mjx_impl: warp needs the warp-lang package" in res.stdout
+    assert "Failed to import warp" not in res.stdout + res.stderr
