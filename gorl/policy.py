@@ -46,13 +46,19 @@ class LatentPolicy(TensorDictModuleBase):
         self.out_keys = ["latent", "pre_tanh", "action"]
         self.squash = squash
         self._act, self._decode = act, decode
+        # Set by the system on a GPU (gorl.acceleration.GraphedChain): the same chain, replayed.
+        self.graphed: Callable[[torch.Tensor, bool], dict] | None = None
+
+    def chain(self, obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
+        """The whole acting chain in plain tensors: encoder outputs, ``pre_tanh`` and ``action``."""
+        out = dict(self._act(obs, deterministic))
+        out["pre_tanh"] = self._decode(obs, out["latent"])
+        out["action"] = self.squash(out["pre_tanh"])
+        return out
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         obs = tensordict.get("observation")
-        out = self._act(obs, deterministic_mode())
-        pre_tanh = self._decode(obs, out["latent"])
-        for key, value in out.items():
+        run = self.chain if self.graphed is None else self.graphed
+        for key, value in run(obs, deterministic_mode()).items():
             tensordict.set(key, value)
-        tensordict.set("pre_tanh", pre_tanh)
-        tensordict.set("action", self.squash(pre_tanh))
         return tensordict

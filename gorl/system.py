@@ -31,6 +31,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
 from gorl import boundary
+from gorl.acceleration import GraphedChain, SpeedConfig
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
 from gorl.distributed import broadcast_module_
 from gorl.encoders import EncoderModule, LatentEncoder
@@ -39,7 +40,7 @@ from gorl.errors import CheckpointError, ConfigError, EnvWorkerError, NonFiniteE
 from gorl.evaluation import evaluate
 from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig, LoopState
-from gorl.networks import ActionSquash
+from gorl.networks import ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, split_by_episode, top_q_episodes
@@ -130,6 +131,7 @@ class GoRLSystem(pl.LightningModule):
         refinement: decoder refinement settings (:class:`~gorl.refinement.RefinementConfig`).
         seed: base seed; env copy ``i`` of rank ``r`` gets ``seed + 10_000 r + i`` (linked to the
             CLI's ``seed_everything``).
+        speed: GPU speed settings that change no maths (:class:`~gorl.acceleration.SpeedConfig`).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class GoRLSystem(pl.LightningModule):
         loop: LoopConfig | None = None,
         refinement: RefinementConfig | None = None,
         seed: int = 0,
+        speed: SpeedConfig | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -147,6 +150,7 @@ class GoRLSystem(pl.LightningModule):
         self.loop_cfg = loop or LoopConfig()
         self.refine_cfg = refinement or RefinementConfig()
         self.seed = int(seed)
+        self.speed_cfg = speed or SpeedConfig()
         obs_dim, act_dim, low, high = env_dims(self.env_cfg)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self._make_decoder: DecoderFactory = decoder or FlowDecoder
@@ -193,6 +197,7 @@ class GoRLSystem(pl.LightningModule):
 
     # --- Lightning plumbing -----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        torch.set_float32_matmul_precision(self.speed_cfg.matmul_precision)
         if stage == "validate":
             self._setup_validate()
         if stage != "fit":
@@ -210,6 +215,21 @@ class GoRLSystem(pl.LightningModule):
         # On a GPU every host read of a device value stalls the launch queue: finiteness checks of
         # the optimiser steps are then read once per update (gorl/optimization.py says why it is safe).
         self._guard = FiniteGuard() if self.device.type == "cuda" else None
+        self._use_graphs()
+
+    def _use_graphs(self) -> None:
+        """Replay the acting chain from CUDA graphs (gorl/acceleration.py) where it is safe to."""
+        decoders_safe = all(d.graph_safe for d in (self.identity, self.decoder))
+        if self.device.type == "cuda" and self.speed_cfg.cuda_graphs and self.encoder.graph_safe_act and decoders_safe:
+            self._norms = [m for m in self.modules() if isinstance(m, RunningNorm)]
+            self.policy.graphed = GraphedChain(self.policy.chain, self._acting_state)
+        else:
+            self.policy.graphed = None
+
+    def _acting_state(self) -> tuple:
+        """What decides the acting chain's Python path besides its input: which decoder acts, and
+        which observation normalisers have seen data."""
+        return (self.loop_state.stage == 0, tuple(n.empty for n in self._norms))
 
     def _build_collector(self) -> Collector:
         frames = self.train_env.batch_size.numel() * self.encoder.rollout_steps
@@ -369,8 +389,10 @@ class GoRLSystem(pl.LightningModule):
 
     def evaluate(self) -> None:
         st = self.loop_state
+        t0 = time.perf_counter()
         returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps)
         mean = float(self.trainer.strategy.reduce(returns.mean().to(self.device), reduce_op="mean"))
+        self.record_metrics({"perf/eval_seconds": time.perf_counter() - t0})
         st.last_eval_frames = st.frames
         if mean > st.best_return:
             st.best_return = mean

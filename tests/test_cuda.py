@@ -45,3 +45,61 @@ def test_ppo_maths_stays_fp32_under_cuda_autocast(dtype):
     assert loc.dtype == torch.float32 and scale.dtype == torch.float32  # networks' outputs are cast first
     for key, value in out.items():
         assert value.dtype == torch.float32, key
+
+
+def test_graphed_acting_chain_matches_eager_and_recaptures_when_the_state_changes():
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from gorl.acceleration import GraphedChain
+    from tests.test_loop import smoke_system
+
+    system = smoke_system().cuda()
+    chain = system.policy.chain
+    state = {"k": 0}
+    graphed = GraphedChain(chain, lambda: (state["k"],))
+    obs = torch.randn(64, system.obs_dim, device="cuda")
+    with torch.no_grad():
+        for _ in range(2):  # the second call replays the first capture
+            torch.testing.assert_close(graphed(obs, True)["action"], chain(obs, True)["action"])
+        assert graphed.captures == 1
+        with torch.no_grad():
+            system.encoder.actor_net.net[-1].weight.normal_()  # in-place weight change: the graph sees it
+        torch.testing.assert_close(graphed(obs, True)["latent"], chain(obs, True)["latent"])
+        state["k"] = 1  # a new state key: a new capture
+        graphed(obs, True)
+        assert graphed.captures == 2
+        out = graphed(obs, False)  # stochastic: fresh noise on every replay, log-prob consistent with it
+        again = graphed(obs, False)
+        assert not torch.equal(out["latent"], again["latent"])
+        loc, scale = system.encoder.actor_net(obs)
+        from gorl.networks import gaussian_log_prob
+
+        torch.testing.assert_close(out["latent_log_prob"], gaussian_log_prob(out["latent"], loc, scale))
+    # through the TensorDict policy the collector calls
+    system.policy.graphed = graphed
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        td = system.policy(TensorDict({"observation": obs}, [64]))
+    torch.testing.assert_close(td["action"], chain(obs, True)["action"])
+
+
+def test_a_cuda_system_checkpoints_its_loop_state_on_the_cpu():
+    from tests.test_loop import smoke_system
+
+    system = smoke_system().cuda()
+    system.best_encoder = system.encoder.snapshot()  # CUDA tensors, as in a GPU run
+    assert next(iter(system.best_encoder.values())).is_cuda
+    checkpoint: dict = {}
+    system.on_save_checkpoint(checkpoint)
+
+    def devices(value):
+        if isinstance(value, torch.Tensor):
+            yield value.device.type
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from devices(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from devices(v)
+
+    assert set(devices(checkpoint["gorl_loop"])) == {"cpu"}

@@ -129,3 +129,21 @@ def test_citation_prefers_the_icml_2026_proceedings_and_keeps_the_arxiv_referenc
     assert pref["title"] == "Generative Online Reinforcement Learning" and pref["volume"] == 306 and pref["year"] == 2026
     assert "proceedings.mlr.press/v306" in pref["url"]
     assert any("arXiv:2512.02581" in i["value"] for r in cff["references"] for i in r.get("identifiers", []))
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["authors-2048x16", "wide-16384x2"])
+def test_gpu_mjx_recipes_keep_the_authors_update(capsys, wide):
+    """MJX on the GPU at the authors' shape, and the many-env option: the same 983,040-frame update
+    (32 minibatches of 1024 segments x 30 steps, 16 epochs); only envs x unrolls differ."""
+    extra = [CONF / "recipes" / "paper_gpu_mjx.yaml"] + ([CONF / "recipes" / "paper_gpu_wide.yaml"] if wide else [])
+    args = ["fit", "--config", str(CONF / "hopper_fm.yaml"), "--config", str(CONF / "recipes" / "paper_gpu.yaml")]
+    for path in extra:
+        args += ["--config", str(path)]
+    with pytest.raises(SystemExit):
+        main(args + ["--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)["model"]
+    env, enc = cfg["env"], cfg["encoder"]["init_args"]
+    assert env["backend"] == "mjx" and env["device"] == "cuda" and env["num_workers"] == 1 and env["eval_envs"] == 128
+    assert env["num_envs"] * enc["unroll"] * enc["rollouts_per_update"] == 983_040
+    assert 983_040 // enc["minibatch_size"] == 32 and enc["minibatch_size"] // enc["unroll"] == 1024 and enc["epochs"] == 16
+    assert (env["num_envs"], enc["rollouts_per_update"]) == ((16_384, 2) if wide else (2_048, 16))

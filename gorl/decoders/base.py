@@ -22,6 +22,9 @@ class DecoderModule(pl.LightningModule):
 
     #: ``False`` for decoders with nothing to learn (identity).
     trainable: bool = True
+    #: ``True`` if :meth:`decode` is pure tensor code whose Python path depends only on shapes, so the
+    #: acting chain may be replayed from a CUDA graph (:mod:`gorl.acceleration`). Ours are.
+    graph_safe: bool = False
 
     def __init__(self, obs_dim: int, act_dim: int, lr: float = 3e-4) -> None:
         super().__init__()

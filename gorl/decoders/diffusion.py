@@ -54,6 +54,8 @@ class DiffusionDecoder(DecoderModule):
     """Args: hidden (MLP widths, SiLU), steps (T), schedule (``linear`` | ``cosine``), draws
     ((eps, k) draws per action), time_dim, output_scale (network output multiplier), lr (Adam)."""
 
+    graph_safe = True
+
     def __init__(
         self,
         obs_dim: int,

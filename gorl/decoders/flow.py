@@ -19,6 +19,8 @@ class FlowDecoder(DecoderModule):
     """Args: hidden (MLP widths, SiLU), steps (Euler steps K), draws ((eps, t) draws per action k),
     time_dim (sinusoidal embedding size), output_scale (velocity multiplier), lr (Adam)."""
 
+    graph_safe = True
+
     def __init__(
         self,
         obs_dim: int,

@@ -10,6 +10,8 @@ from gorl.decoders.base import DecoderModule
 class IdentityDecoder(DecoderModule):
     """Exact identity; nothing to train."""
 
+    graph_safe = True
+
     trainable = False
 
     def decode(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

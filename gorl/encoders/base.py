@@ -42,12 +42,16 @@ class LatentEncoder(pl.LightningModule):
             batch dimension into one :meth:`train_on` call (1 unless the subclass says otherwise).
         needs_decoder: ``True`` if :meth:`train_on` differentiates through the decoder (it then
             calls ``self.decode``, bound by the system).
+        graph_safe_act: ``True`` if :meth:`act` is pure tensor code whose Python path depends only
+            on its arguments' shapes and the ``deterministic`` flag, so it may be replayed from a
+            CUDA graph (:mod:`gorl.acceleration`).
     """
 
     latent_dim: int
     rollout_steps: int
     rollouts_per_update: int = 1
     needs_decoder: bool = False
+    graph_safe_act: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -155,6 +155,8 @@ class EncoderModule(LatentEncoder):
             the same loss and gradients; ``fused`` skips TorchRL's per-call overhead (module docstring).
     """
 
+    graph_safe_act = True  # act(): plain tensor code (gorl.acceleration)
+
     def __init__(
         self,
         obs_dim: int,
