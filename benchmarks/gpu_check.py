@@ -1,132 +1,441 @@
-"""The device check for a lent GPU machine (one GPU, many cores): one run, one results file.
+"""The device check for a lent GPU machine: one command, one results file written as it goes.
 
-What it measures, in this order (each step's output and result go to ``--out``, and are printed):
+    python benchmarks/gpu_check.py --out DIR            # the GPU machine: <= 7 minutes
+    python benchmarks/gpu_check.py --quick --out DIR    # a CPU dry run of every step, tiny sizes
 
-1. the CUDA test subset (``tests/test_cuda.py``: evaluation with a CUDA policy over CPU envs, the
-   smoke fit on CUDA under ``32-true``, ``bf16-mixed`` and ``16-mixed``);
-2. env frames/s of the paper-shaped GoRL hopper-stand loop (``conf/hopper.yaml`` +
-   ``conf/recipes/paper_gpu.yaml``: 2048 dm_control envs, networks on the GPU) at each
-   ``--workers`` count, from ``perf/collect_fps`` and ``perf/fps`` of a short real ``gorl fit``
-   (one rollout of 2048 x 30 per update, so each count takes seconds);
-3. the update's time for one full 983,040-frame rollout (16 rollouts of 2048 x 30, the authors'
-   update), with the largest worker count: loop time less collection time;
-4. the projected wall time of the full 180M-frame plan from 2 and 3 (decoder fits excluded; the
-   log says so), labelled as a projection.
+It uses the machine's own torch and JAX and installs nothing. Each step runs with its own time
+limit inside an overall budget (``--budget``); a step that fails or would not fit is written down
+as such and the rest still run. ``DIR/gpu_check.md`` is the results page (partial results survive a
+kill), ``DIR/logs.tar.gz`` every run's raw log and ``metrics.csv``.
 
-    python benchmarks/gpu_check.py                       # the lent machine: ~5-8 minutes
-    python benchmarks/gpu_check.py --quick --workers 1 2 # a CPU dry run of the same path, tiny sizes
+Steps, in order of importance:
 
-It never fails silently: a step that fails is written down with its error and the rest still run.
+1. the CUDA tests (``tests/test_cuda.py``, ``tests/test_device_paths.py``);
+2. the paper-shaped HopperStand GoRL-FM loop on MJX on the GPU at the authors' shape (2,048 envs x
+   16 unrolls of 30 steps per 983,040-frame update): a real ``gorl fit`` of a short plan (stage 0 and
+   stage 1 with a short refit between them), read from its ``metrics.csv``: loop and collection
+   frames/s per stage (stage 0 acts through the identity, later stages through the 10-step flow
+   decoder), the update's time, and the time of one evaluation of 128 episodes of 1,000 steps;
+3. the same at the many-env shape (16,384 envs x 2 unrolls, ``conf/recipes/paper_gpu_wide.yaml``);
+4. the acting chain per env step, eager and from a CUDA graph; decoder refits at the authors' batch (8,192 pairs x 8 draws), the real ``DecoderFit`` with its
+   validations, for the recipes' flow (GoRL-FM) and diffusion (GoRL-diffusion, with the pairwise
+   term) decoders, in float32, TF32 and bf16 autocast: Adam steps/s;
+5. dm_control with 15 worker processes (16 shards of 128 envs) and CUDA networks: frames/s;
+6. DDP: the smoke plan in 2 processes sharing the one GPU (gloo), every rank's weights identical;
+7. the projected 180M-frame plan time per shape from the rates above, each phase shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
+import json
 import os
+import platform
+import re
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN_FRAMES = 180e6  # the paper recipes' 60M + 60M + 30M + 30M encoder frames
-UPDATE_FRAMES = 983_040
+sys.path.insert(0, str(ROOT))
+
+PLAN = [60e6, 60e6, 30e6, 30e6]  # the authors' encoder frames per stage
+EVALS = 10 * len(PLAN) + len(PLAN) - 1  # 10 per stage, plus each later stage's initial evaluation
+REFITS = len(PLAN) - 1
+REFIT_FRAMES = 4_096_000  # 4,096 episodes of 1,000 steps of decoder data per refit
+FLOW_STEPS, DIFFUSION_STEPS = 50_000, 22_500  # the authors' refit lengths (DESIGN.md §1b)
 
 
-def _gorl(args: list[str], cwd: Path, timeout: float) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    res = subprocess.run([sys.executable, "-m", "gorl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    return res.returncode, (res.stdout + res.stderr)[-2000:]
+class Report:
+    """The results page, rewritten after every line so a kill leaves what was measured."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.lines: list[str] = []
+        self.logs: dict[str, str] = {}
+        self.data: dict[str, object] = {}
+
+    def say(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+        (self.out / "gpu_check.md").write_text("\n".join(self.lines) + "\n")
+        (self.out / "gpu_check.json").write_text(json.dumps(self.data, indent=1, default=str))
+
+    def keep(self, name: str, text: str) -> None:
+        self.logs[name] = text
+        with tarfile.open(self.out / "logs.tar.gz", "w:gz") as tar:
+            for key, value in self.logs.items():
+                raw = value.encode()
+                info = tarfile.TarInfo(key)
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
 
 
-def _rates(run_dir: Path) -> tuple[float, float]:
-    """Median (loop frames/s, collection frames/s) over the iterations after the first (warm-up)."""
-    (path,) = run_dir.glob("runs/gorl/version_*/metrics.csv")
-    rows = [r for r in csv.DictReader(path.open()) if r.get("perf/fps")]
-    rows = rows[1:] or rows
-    return statistics.median(float(r["perf/fps"]) for r in rows), statistics.median(float(r["perf/collect_fps"]) for r in rows)
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
 
-def loop_rates(workers: int, envs: int, rollouts_per_update: int, iterations: int, accelerator: str, timeout: float) -> tuple[float, float]:
-    per_worker = max(1, envs // workers)
-    frames = per_worker * workers * 30 * rollouts_per_update
+def _run(cmd: list[str], cwd: Path, timeout: float, extra_env: dict | None = None) -> tuple[int, str, float]:
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, cwd=cwd, env={**_env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
+        code, text = res.returncode, res.stdout + res.stderr
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        code, text = 124, out + f"\n[gpu_check] killed after {timeout:.0f} s"
+    return code, text, time.perf_counter() - t0
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    paths = sorted(run_dir.glob("runs/gorl/version_*/metrics.csv"))
+    return list(csv.DictReader(paths[-1].open())) if paths else []
+
+
+def _num(row: dict, key: str) -> float | None:
+    value = row.get(key, "")
+    return float(value) if value not in ("", None) else None
+
+
+# --- 2, 3, 5: real gorl fit runs -------------------------------------------------------------
+def fit_rates(report: Report, name: str, configs: list[str], overrides: list[str], timeout: float) -> dict | None:
+    """A short real run; per stage: median loop / collection frames/s over the updates after the
+    stage's first (compiles and graph captures), the update's seconds, evaluation seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        code, tail = _gorl([
-            "fit", "--config", str(ROOT / "conf" / "hopper.yaml"), "--config", str(ROOT / "conf" / "recipes" / "paper_gpu.yaml"),
-            "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
-            "--model.env.num_workers", str(workers), "--model.env.num_envs", str(per_worker), "--model.env.eval_envs", "2",
-            "--model.encoder.rollouts_per_update", str(rollouts_per_update),
-            "--model.loop.stages", f"[{frames * iterations}]", "--model.loop.evals_per_stage", "null",
-            "--model.loop.eval_every", str(10 * frames * iterations), "--model.loop.eval_max_steps", "5",
-            "--checkpoint.every_frames", "1e12",
-        ], Path(tmp), timeout)
-        if code != 0:
-            raise RuntimeError(f"gorl fit exited {code}: {tail}")
-        return _rates(Path(tmp))
+        args = [sys.executable, "-m", "gorl", "fit"]
+        for c in configs:
+            args += ["--config", str(ROOT / c)]
+        args += ["--trainer.enable_progress_bar", "false", "--curves", "false", "--checkpoint.every_minutes", "null", *overrides]
+        code, text, secs = _run(args, Path(tmp), timeout)
+        rows = _rows(Path(tmp))
+        report.keep(f"{name}.log", text)
+        if rows:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(rows)
+            report.keep(f"{name}.metrics.csv", buf.getvalue())
+    if code != 0:
+        tail = " | ".join(text.strip().splitlines()[-6:])
+        report.say(f"- **{name}: FAILED** (exit {code}, {secs:.0f} s): `{tail[-900:]}`")
+        return None
+    result: dict = {"wall_s": secs, "stages": {}}
+    for stage in sorted({_num(r, "loop/stage") for r in rows if _num(r, "perf/fps") is not None}):
+        ups = [r for r in rows if _num(r, "perf/fps") is not None and _num(r, "loop/stage") == stage]
+        warm = ups[1:] or ups
+        loop = statistics.median(_num(r, "perf/fps") for r in warm)
+        collect = statistics.median(_num(r, "perf/collect_fps") for r in warm)
+        evals = [_num(r, "perf/eval_seconds") for r in rows if _num(r, "perf/eval_seconds") is not None and _num(r, "loop/stage") == stage]
+        result["stages"][int(stage)] = {"loop_fps": loop, "collect_fps": collect, "first_loop_fps": _num(ups[0], "perf/fps"),
+                                         "updates": len(ups), "eval_s": evals}
+    fits = [_num(r, "perf/fit_seconds") for r in rows if _num(r, "perf/fit_seconds") is not None]
+    result["fit_seconds"] = fits
+    final = re.findall(r"final eval/return (\S+)", text)
+    result["final_return"] = final[-1] if final else None
+    report.data[name] = result
+    for stage, s in result["stages"].items():
+        evals = ", ".join(f"{e:.1f}" for e in s["eval_s"]) or "none"
+        report.say(f"- {name}, stage {stage} ({s['updates']} updates): loop **{s['loop_fps']:,.0f}** frames/s, collection "
+                   f"{s['collect_fps']:,.0f} frames/s (first update, compiles included: {s['first_loop_fps']:,.0f}); "
+                   f"evaluations of the eval batch: {evals} s")
+    report.say(f"- {name}: whole command {secs:.0f} s; refit(s) incl. data collection: {', '.join(f'{f:.1f} s' for f in fits) or 'none'}")
+    return result
+
+
+# --- 4: decoder refits ---------------------------------------------------------------------------
+def _recipe(config: str) -> dict:
+    from gorl.cli import main
+
+    buf = io.StringIO()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given args beside a command line
+    try:
+        with redirect_stdout(buf):
+            main(["fit", "--config", str(ROOT / config), "--print_config"])
+    except SystemExit:
+        pass
+    finally:
+        sys.argv = argv
+    import yaml
+
+    return yaml.safe_load(buf.getvalue())["model"]
+
+
+def refit_rates(report: Report, quick: bool) -> dict:
+    import importlib
+
+    import torch
+    from tensordict import TensorDict
+
+    from gorl.refinement import DecoderFit, RefinementConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    obs_dim, act_dim = 15, 4  # hopper-stand
+    out: dict = {}
+    for label, config in (("flow (GoRL-FM)", "conf/hopper_fm.yaml"), ("diffusion (GoRL-diffusion)", "conf/hopper.yaml")):
+        model = _recipe(config)
+        module, _, cls = model["decoder"]["class_path"].rpartition(".")
+        make = getattr(importlib.import_module(module), cls)
+        ref = {k: v for k, v in model["refinement"].items()}
+        if quick:
+            ref.update(batch_size=256, val_samples=1024)
+        n = 40_000 if quick else 400_000
+        g = torch.Generator().manual_seed(0)
+        data = TensorDict({"observation": torch.randn(n, obs_dim, generator=g), "action": torch.randn(n, act_dim, generator=g).clamp(-3, 3),
+                           "latent": torch.randn(n, act_dim, generator=g)}, [n]).to(device)
+        cfg = RefinementConfig(**{**ref, "steps": 10_000, "epochs": None, "val_every": 100 if not quick else 10})
+        for precision in ("fp32", "tf32", "bf16"):
+            torch.manual_seed(0)
+            decoder = make(obs_dim, act_dim, **model["decoder"]["init_args"]).to(device)
+            decoder.fit_obs_statistics(data["observation"])
+            opt = torch.optim.Adam(decoder.parameters(), lr=decoder.lr, fused=True)
+
+            def optimize(loss, decoder=decoder, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1e9, foreach=True)  # the norm pass a real step makes
+                opt.step()
+
+            torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+            fit = DecoderFit(cfg, data[: int(0.9 * n)], data[int(0.9 * n):])
+            auto = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+            try:
+                with auto:
+                    fit.step(decoder, optimize)  # warm-up round (cuBLAS, fused Adam, first validation)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    t0, s0 = time.perf_counter(), fit.steps
+                    for _ in range(2 if quick else 5):
+                        fit.step(decoder, optimize)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                rate = (fit.steps - s0) / (time.perf_counter() - t0)
+                out[(label, precision)] = rate
+                total = FLOW_STEPS if "flow" in label else DIFFUSION_STEPS
+                report.say(f"- refit {label}, {precision}: **{rate:,.0f}** Adam steps/s at batch {cfg.batch_size:,} x "
+                           f"{decoder.hparams.get('draws', '?')} draws, validation every {cfg.val_every} steps included "
+                           f"-> {total:,} steps in {total / rate:.0f} s")
+            except Exception as err:  # noqa: BLE001
+                report.say(f"- refit {label}, {precision}: FAILED: {type(err).__name__}: {err}"[:600])
+    torch.set_float32_matmul_precision("highest")
+    report.data["refit"] = {f"{k[0]} {k[1]}": v for k, v in out.items()}
+    return out
+
+
+def acting_rates(report: Report, quick: bool) -> None:
+    """The acting chain (encoder 4x32 -> 10-step flow decoder 4x64 -> tanh) per batched env step,
+    eager against replayed from a CUDA graph, at the two shapes' batch sizes."""
+    import torch
+
+    from gorl.acceleration import GraphedChain
+    from gorl.decoders import FlowDecoder
+    from gorl.encoders import EncoderModule
+    from gorl.networks import ActionSquash
+    from gorl.policy import LatentPolicy
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    enc = EncoderModule(15, 4).to(device)
+    dec = FlowDecoder(15, 4, hidden=[64] * 4).to(device)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.1)  # a decoder that is not the identity, as after a refit
+    squash = ActionSquash(-torch.ones(4), torch.ones(4)).to(device)
+    policy = LatentPolicy(enc.act, dec.decode, squash)
+    graphed = GraphedChain(policy.chain, lambda: ())
+    for batch in ((64, 256) if quick else (2048, 16384)):
+        obs = torch.randn(batch, 15, device=device)
+        times = {}
+        with torch.no_grad():
+            for label, fn in (("eager", policy.chain), ("CUDA graph", graphed)):
+                for _ in range(5):
+                    fn(obs, False)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    fn(obs, False)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times[label] = (time.perf_counter() - t0) / 50 * 1e3
+        report.say(f"- acting chain at {batch:,} envs: eager {times['eager']:.2f} ms, CUDA graph {times['CUDA graph']:.2f} ms per env step"
+                   + ("" if device == "cuda" else " (CPU: the graph path is eager)"))
+        report.data[f"acting {batch}"] = times
+
+
+# --- 7: the projection -------------------------------------------------------------------------
+def project(report: Report, name: str, run: dict | None, refits: dict, startup_s: float) -> None:
+    if not run or 0 not in run["stages"] or 1 not in run["stages"]:
+        report.say(f"- {name}: no projection (the loop run did not finish both stages)")
+        return
+    s0, s1 = run["stages"][0], run["stages"][1]
+    evals = [e for s in (s0, s1) for e in s["eval_s"][1:]] or [e for s in (s0, s1) for e in s["eval_s"]]
+    eval_s = statistics.median(evals) if evals else float("nan")
+    flow = refits.get(("flow (GoRL-FM)", "fp32"))
+    rows = [
+        ("stage 0 encoder phase, 60M frames (identity decoder)", PLAN[0] / s0["loop_fps"]),
+        ("stages 1-3 encoder phases, 120M frames (flow decoder)", sum(PLAN[1:]) / s1["loop_fps"]),
+        (f"{EVALS} evaluations x 128 episodes ({eval_s:.1f} s each)", EVALS * eval_s),
+        (f"{REFITS} refits x {FLOW_STEPS:,} flow steps (fp32)", REFITS * FLOW_STEPS / flow if flow else float("nan")),
+        (f"{REFITS} x {REFIT_FRAMES:,} frames of decoder data", REFIT_FRAMES / s0["collect_fps"] + (REFITS - 1) * REFIT_FRAMES / s1["collect_fps"]),
+        ("start-up and compiles (this check's first update, measured)", startup_s),
+    ]
+    total = sum(t for _, t in rows)
+    report.say(f"\n**{name}: projected GoRL-FM HopperStand plan (180M frames): {total / 60:.1f} min**\n")
+    report.say("| phase | projected |\n|---|---|")
+    for label, t in rows:
+        report.say(f"| {label} | {t / 60:.2f} min |")
+    report.data[f"projection {name}"] = {label: t for label, t in rows} | {"total_s": total}
+
+
+def _startup(run: dict | None, frames_per_update: int) -> float:
+    """Seconds the first update took beyond a warm one (compiles, graph captures, process start)."""
+    if not run or 0 not in run["stages"]:
+        return float("nan")
+    s0 = run["stages"][0]
+    return frames_per_update / s0["first_loop_fps"] - frames_per_update / s0["loop_fps"] + 10.0  # + process start and imports (~10 s)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 15])
-    p.add_argument("--envs", type=int, default=2048, help="env copies in all (the authors' 2048)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every step (on a CPU, too)")
-    p.add_argument("--out", default="gpu_check.txt")
+    p.add_argument("--out", default="gpu_check", help="folder for gpu_check.md, gpu_check.json and logs.tar.gz")
+    p.add_argument("--budget", type=float, default=420.0, help="seconds for the whole check (steps that would not fit are skipped)")
+    p.add_argument("--skip", nargs="*", default=[], help="step numbers to leave out (e.g. 5 6)")
     args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out)
+    start = time.perf_counter()
+    left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
+
     import torch
 
     cuda = torch.cuda.is_available()
-    accelerator = "cuda" if cuda else "cpu"
-    envs, iterations, rpu = (64, 2, 2) if args.quick else (args.envs, 3, 16)
-    out = open(args.out, "w")
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    from importlib.metadata import PackageNotFoundError, version
 
-    def say(line: str) -> None:
-        print(line, flush=True)
-        out.write(line + "\n")
-        out.flush()
-
-    say(f"# gpu_check {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}; "
-        f"{torch.cuda.get_device_name() if cuda else 'no CUDA'}; {os.cpu_count()} cores; quick={args.quick}")
-
-    # 1. the CUDA test subset
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    summary = (res.stdout.strip().splitlines() or ["(no output)"])[-1]
-    say(f"1. CUDA tests: exit {res.returncode}: {summary} ({time.perf_counter() - t0:.0f} s)")
-    if res.returncode not in (0, 5):
-        say(res.stdout[-3000:])
-
-    # 2. env frames/s by worker count (one rollout per update: collection dominates these rows)
-    fps = {}
-    for w in args.workers:
+    for dist in ("lightning", "torchrl", "tensordict", "jax", "jax-cuda13-plugin", "mujoco", "mujoco-mjx", "playground", "warp-lang"):
         try:
-            loop, collect = loop_rates(w, envs, 1, iterations + 1, accelerator, timeout=300)
-            fps[w] = collect
-            say(f"2. paper-shaped hopper-stand loop, {w:>2} worker processes x {max(1, envs // w)} envs: "
-                f"collection {collect:,.0f} frames/s, loop {loop:,.0f} frames/s")
-        except Exception as err:  # noqa: BLE001  (written down, the other steps still run)
-            say(f"2. {w} workers: FAILED: {err}")
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "absent"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+    report.data["versions"] = versions
+    report.say(f"# gpu_check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}")
+    report.say(f"\n{torch.cuda.get_device_name() if cuda else 'no CUDA (a CPU dry run)'}; {os.cpu_count()} cores; quick={args.quick}; "
+               + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n")
 
-    # 3. one full 983,040-frame update (16 rollouts per update) at the largest worker count
-    w = max(args.workers)
-    try:
-        loop, collect = loop_rates(w, envs, rpu, 2, accelerator, timeout=420)
-        frames = max(1, envs // w) * w * 30 * rpu
-        update_s = frames / loop - frames / collect
-        say(f"3. one update of {frames:,} frames ({rpu} rollouts of {envs} x 30) with {w} workers: "
-            f"{update_s:.1f} s of update, {frames / collect:.1f} s of collection")
-        iters = PLAN_FRAMES / frames
-        label = " (--quick: not the paper's sizes, meaningless as a projection)" if args.quick else ""
-        say(f"4. PROJECTED{label} wall time of the 180M-frame plan: {iters:.0f} updates x {frames / loop:.1f} s = "
-            f"{iters * frames / loop / 3600:.1f} h (encoder phases only; the 3 decoder fits and decoder-data "
-            "collection come on top)")
-    except Exception as err:  # noqa: BLE001
-        say(f"3. FAILED: {err}")
-    out.close()
-    print(f"results in {args.out}")
+    accelerator = "cuda" if cuda else "cpu"
+    env_device = "cuda" if cuda else "cpu"
+    q = args.quick
+    # Short plans: stage 0 of 3 updates, a short refit, stage 1 of 2 updates.
+    def plan(envs: int, rollouts: int, eval_envs: int, updates0: int) -> tuple[list[str], int]:
+        unroll = 30
+        frames = envs * unroll * rollouts
+        over = ["--trainer.accelerator", accelerator, "--model.env.device", env_device,
+                "--model.env.num_envs", str(envs), "--model.encoder.rollouts_per_update", str(rollouts),
+                "--model.loop.stages", f"[{updates0 * frames}, {2 * frames}]", "--model.loop.evals_per_stage", "null",
+                "--model.loop.eval_every", str(10 * frames), "--model.env.eval_envs", str(eval_envs),
+                "--model.refinement.episodes", "null", "--model.refinement.transitions", str(2 * envs * unroll),
+                "--model.refinement.steps", "20" if q else "300", "--model.refinement.val_every", "10" if q else "100",
+                "--checkpoint.every_frames", "1e12"]
+        if q:
+            over += ["--model.encoder.minibatch_size", str(unroll * max(1, envs * rollouts // 32)), "--model.encoder.epochs", "2",
+                     "--model.loop.eval_max_steps", "50", "--model.refinement.batch_size", "256", "--model.refinement.val_samples", "1024"]
+        return over, frames
+
+    gpu = ["conf/hopper_fm.yaml", "conf/recipes/paper_gpu.yaml", "conf/recipes/paper_gpu_mjx.yaml"]
+    runs: dict[str, dict | None] = {}
+    frames_of: dict[str, int] = {}
+
+    # 1. CUDA tests
+    if "1" not in args.skip:
+        report.say("## 1. CUDA tests\n")
+        code, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py", "tests/test_device_paths.py"],
+                                ROOT, min(240, left()))
+        report.keep("cuda_tests.log", text)
+        summary = [line for line in text.strip().splitlines() if re.search(r"\d+ (passed|failed|skipped)", line)]
+        report.say(f"- exit {code} in {secs:.0f} s: {summary[-1] if summary else text.strip().splitlines()[-1:]}")
+        for line in text.splitlines():
+            if line.startswith(("FAILED", "ERROR")):
+                report.say(f"  - `{line[:300]}`")
+
+    # 2, 3. MJX on the GPU, both shapes
+    # (envs, unrolls per update, eval envs, stage-0 updates): each stage's first update compiles and
+    # captures, the others are timed; the authors' shape gets fewer (each of its updates is ~8 s).
+    shapes = [("2. MJX, the authors' shape (2,048 envs x 16 unrolls)", "mjx_2048x16", (16, 4, 4, 3) if q else (2048, 16, 128, 2), []),
+              ("3. MJX, many envs (16,384 envs x 2 unrolls)", "mjx_16384x2", (64, 1, 4, 3) if q else (16384, 2, 128, 3), ["conf/recipes/paper_gpu_wide.yaml"])]
+    for title, name, (envs, rollouts, eval_envs, updates0), extra in shapes:
+        step = title.split(".")[0]
+        if step in args.skip:
+            continue
+        report.say(f"\n## {title}\n")
+        if left() < 60:
+            report.say("- skipped: the budget is spent")
+            continue
+        over, frames = plan(envs, rollouts, eval_envs, updates0)
+        frames_of[name] = frames
+        runs[name] = fit_rates(report, name, gpu + extra, over, min(left() - 20, 240))
+
+    # 4. decoder refits
+    refits: dict = {}
+    if "4" not in args.skip:
+        report.say("\n## 4. The acting chain, and decoder refits at the authors' batch\n")
+        if left() < 40:
+            report.say("- skipped: the budget is spent")
+        else:
+            try:
+                acting_rates(report, q)
+            except Exception as err:  # noqa: BLE001
+                report.say(f"- acting chain: FAILED: {type(err).__name__}: {err}"[:600])
+            try:
+                refits = refit_rates(report, q)
+            except Exception as err:  # noqa: BLE001
+                report.say(f"- FAILED: {type(err).__name__}: {err}"[:600])
+
+    # 5. dm_control, 15 worker processes, CUDA networks
+    if "5" not in args.skip:
+        report.say("\n## 5. dm_control, 16 shards of 128 envs (15 worker processes + the main one), CUDA networks\n")
+        if left() < 70:
+            report.say("- skipped: the budget is spent")
+        else:
+            workers, envs = (2, 8) if q else (16, 128)
+            frames = workers * envs * 30 * (2 if q else 16)
+            over = ["--trainer.accelerator", accelerator, "--model.env.num_workers", str(workers), "--model.env.num_envs", str(envs),
+                    "--model.encoder.rollouts_per_update", "2" if q else "16",
+                    "--model.loop.stages", f"[{2 * frames}]", "--model.loop.evals_per_stage", "null", "--model.loop.eval_every", str(10 * frames),
+                    "--model.env.eval_envs", "4", "--model.loop.eval_max_steps", "50", "--checkpoint.every_frames", "1e12"]
+            if q:
+                over += ["--model.encoder.minibatch_size", "240", "--model.encoder.epochs", "2"]
+            fit_rates(report, "dmc_16x128", ["conf/hopper.yaml", "conf/recipes/paper_gpu.yaml"], over, min(left() - 10, 180))
+
+    # 6. DDP, two processes on the one GPU
+    if "6" not in args.skip:
+        report.say("\n## 6. DDP: the smoke plan in 2 processes " + ("sharing the one GPU (gloo)" if cuda else "on the CPU (gloo)") + "\n")
+        if left() < 40:
+            report.say("- skipped: the budget is spent")
+        else:
+            code, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ddp.py", "-k", "two_processes"],
+                                    ROOT, min(left() - 5, 150), {"GORL_DDP_MODE": "shared-cuda" if cuda else "cpu"})
+            report.keep("ddp.log", text)
+            verdict = "every rank's weights identical after every phase" if code == 0 else "FAILED"
+            report.say(f"- exit {code} in {secs:.0f} s: {verdict}")
+            if code != 0:
+                report.say(f"  - `{' | '.join(text.strip().splitlines()[-5:])[-800:]}`")
+
+    # 7. projections
+    report.say("\n## 7. Projected 180M-frame plans (from the rates above, same command)\n")
+    if q:
+        report.say("(--quick: tiny sizes, so these numbers project nothing; the step is exercised only)\n")
+    for name in ("mjx_2048x16", "mjx_16384x2"):
+        if name in runs:
+            project(report, name, runs[name], refits, _startup(runs[name], frames_of[name]))
+    report.say(f"\n(check finished in {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,9 @@ class GraphedChain:
                 self.fn(static_obs, deterministic)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: JAX (MJX) may touch CUDA from its own threads meanwhile; only this thread's
+        # calls must be capture-safe.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_out = self.fn(static_obs, deterministic)
         self.captures += 1
         return graph, static_obs, static_out

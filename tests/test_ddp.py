@@ -11,9 +11,10 @@ from tests.conftest import CONF, ROOT, run_gorl
 
 
 def test_ddp_two_processes_keep_identical_weights_through_refinements(tmp_path):
+    # GORL_DDP_MODE=shared-cuda (benchmarks/gpu_check.py on a one-GPU machine): both ranks on cuda:0.
     out = tmp_path / "dump"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_run.py"), str(out)],
+        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_run.py"), str(out), os.environ.get("GORL_DDP_MODE", "cpu")],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]

@@ -1,6 +1,10 @@
-"""Run the smoke plan under Lightning DDP (CPU, gloo) and dump every rank's weights.
+"""Run the smoke plan under Lightning DDP (gloo) and dump every rank's weights.
 
-Usage: python tests/scripts/ddp_run.py OUT_DIR   (Lightning re-launches this script per rank)
+Usage: python tests/scripts/ddp_run.py OUT_DIR [cpu|shared-cuda]   (Lightning re-launches this script per rank)
+
+``cpu`` (default): two CPU processes. ``shared-cuda``: two processes on the one GPU ``cuda:0`` (the
+GPU check's machine has one): Lightning refuses a repeated GPU id in ``devices``, but takes the two
+ranks' devices from the strategy as given, and gloo (unlike NCCL) lets two ranks share a device.
 """
 
 import sys
@@ -32,12 +36,19 @@ class DumpEachPhase(pl.Callback):
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "cpu"
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(0)
     rec = Recorder()
+    if mode == "shared-cuda":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        placement = dict(strategy=DDPStrategy(parallel_devices=[torch.device("cuda", 0)] * 2, process_group_backend="gloo"))
+    else:
+        placement = dict(accelerator="cpu", devices=2, strategy="ddp")
     trainer = pl.Trainer(
-        max_epochs=-1, accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[rec, DumpEachPhase(out)],
+        max_epochs=-1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[rec, DumpEachPhase(out)], **placement,
     )
     system = smoke_system()
     trainer.fit(system)
