@@ -24,7 +24,18 @@ def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000) 
     ``auto_cast_to_device``: the policy may live elsewhere than the env (a CUDA policy over CPU
     dm_control envs); TorchRL then moves each step's observation to the policy's device and its
     action back, one explicit crossing each way per batch step. Without it a CUDA policy would be
-    handed CPU tensors."""
+    handed CPU tensors.
+
+    An env with a ``deterministic_returns(act, max_steps)`` method (the MJX backend) runs the
+    episodes in its own loop instead, acting with the same chain; the returns are the same (tested).
+    """
+    from gorl.policy import LatentPolicy
+
+    fast = getattr(env, "deterministic_returns", None)
+    if fast is not None and isinstance(policy, LatentPolicy):
+        # The env's own loop (gorl/envs/mjx.py says why), with the same chain the collector acts with.
+        chain, device = policy.graphed or policy.chain, policy.squash.low.device
+        return fast(lambda obs: chain(obs.to(device), True)["action"], max_steps)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True, auto_cast_to_device=True)
     td = td.reshape(-1, td.shape[-1])

@@ -156,3 +156,23 @@ def test_bad_backend_input_is_one_clear_line(tmp_path, args, expected):
     err_lines = [line for line in res.stderr.splitlines() if line.startswith("gorl: error:")]
     assert len(err_lines) == 1 and expected in err_lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+def test_mjx_evaluation_loop_gives_torchrl_rollouts_returns(env):
+    """gorl.evaluation.evaluate runs MJX episodes in the env's own loop (no TensorDict per step);
+    same seeds, same policy: the same returns as TorchRL's rollout, across an episode end."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from gorl.evaluation import evaluate, first_episode_returns
+    from gorl.networks import ActionSquash
+    from gorl.policy import LatentPolicy
+
+    policy = LatentPolicy(lambda obs, det: {"latent": torch.sin(3 * obs[:, :6])}, lambda obs, z: z, ActionSquash(-torch.ones(6), torch.ones(6)))
+    env.set_seed(11)
+    fast = evaluate(env, policy, max_steps=LIMIT + 3)  # every episode ends (truncation) before the cap
+    env.set_seed(11)
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        td = env.rollout(LIMIT + 3, policy, break_when_any_done=False, break_when_all_done=True)
+    reference = first_episode_returns(td["next", "reward"], td["next", "done"])
+    torch.testing.assert_close(fast, reference)
+    assert fast.abs().sum() > 0
