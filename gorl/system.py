@@ -278,6 +278,9 @@ class GoRLSystem(pl.LightningModule):
 
     def _encoder_iteration(self) -> None:
         st, cfg = self.loop_state, self.loop_cfg
+        if st.eval_before_update(cfg):  # the authors evaluate stage 0's untrained policy too
+            self.evaluate()
+            boundary.record(self)["initial"] = self.last_eval_return
         t0 = time.perf_counter()
         rollouts = []
         for _ in range(self.encoder.rollouts_per_update):  # same weights for all of them (Brax's PPO)
@@ -294,6 +297,7 @@ class GoRLSystem(pl.LightningModule):
         frames = rollout.numel() * self.trainer.world_size
         st.frames += frames
         st.stage_frames += frames
+        st.stage_updates += 1
         self.record_metrics({f"encoder/{k}": v for k, v in metrics.items()})
         self.record_metrics({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
         if self._recent_returns:
