@@ -89,6 +89,7 @@ def test_recipe_matches_the_authors_current_release(task, method, capsys):
     loop = cfg["loop"]
     assert [int(s) for s in loop["stages"]] == STAGE_STEPS
     assert loop["evals_per_stage"] == EVALUATION["num_evals"] and loop["eval_max_steps"] == 1000
+    assert loop["eval_schedule"] == "authors"  # placed as train_stage's (gorl.loop.authors_eval_updates)
     assert cfg["env"]["eval_envs"] == EVALUATION["episodes"]
 
 
