@@ -346,6 +346,7 @@ def main() -> None:
                 "--checkpoint.every_frames", "1e12"]
         if q:
             over += ["--model.encoder.minibatch_size", str(unroll * max(1, envs * rollouts // 32)), "--model.encoder.epochs", "2",
+                     "--model.refinement.collect_envs", "4", "--model.refinement.max_episode_steps", "50",
                      "--model.loop.eval_max_steps", "50", "--model.refinement.batch_size", "256", "--model.refinement.val_samples", "1024"]
         return over, frames
 

@@ -12,6 +12,8 @@ This is where GoRL can lose what a stage learned, so every step of it is measure
    the previous stage's best and final returns is logged (``stage/drop_from_best``,
    ``stage/drop_from_final``), and the initial evaluation is a candidate for the new stage's best
    agent, as in the authors' current release (``src/gorl/algorithms/dm_control_training.py``).
+   With their evaluation schedule (``loop.eval_schedule: authors``) stage 0 is evaluated before its
+   first update too (:meth:`gorl.loop.LoopState.eval_before_update`), its record's ``initial``.
 
 Every stage keeps a :class:`StageRecord` in ``LoopState.history`` (checkpointed with the loop), and
 :func:`summary_table` turns them into the per-stage table that ends every run.

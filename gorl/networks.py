@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
+from gorl.errors import ConfigError
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.SiLU, zero_last: bool = False) -> nn.Sequential:
-    """``Linear -> act`` per hidden width, then a linear head (zero-initialised when ``zero_last``)."""
+#: How a linear layer starts: ``lecun`` = the authors' ``mlp_init`` (LeCun-uniform weights, zero
+#: biases); ``torch_default`` = PyTorch's ``nn.Linear`` default (this project's init before).
+InitScheme = Literal["lecun", "torch_default"]
+INIT_SCHEMES = ("lecun", "torch_default")
+
+
+def check_init(init: str, owner: str) -> None:
+    if init not in INIT_SCHEMES:
+        raise ConfigError(f"{owner}.init must be one of {', '.join(INIT_SCHEMES)}, got {init!r}")
+
+
+@torch.no_grad()
+def init_linear_(layer: nn.Linear, init: InitScheme = "lecun") -> nn.Linear:
+    """Re-initialise ``layer`` in place as ``init`` says and return it.
+
+    ``lecun``: weights ``U(-sqrt(3 / fan_in), sqrt(3 / fan_in))`` (variance ``1 / fan_in``) and zero
+    biases, as the authors' ``mlp_init`` (``jax.nn.initializers.lecun_uniform()`` and
+    ``jnp.zeros``; ``src/flow_policy/networks.py`` at bennidict23/GoRL@8a0209c) does for every MLP
+    they build: actor, critic and decoders. PyTorch's default draws weights with a bound
+    ``sqrt(3)`` times smaller and random biases, so an untrained network is a flatter function.
+    """
+    check_init(init, "network")
+    if init == "lecun":
+        bound = math.sqrt(3.0 / layer.in_features)
+        nn.init.uniform_(layer.weight, -bound, bound)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.SiLU, zero_last: bool = False,
+        init: InitScheme = "lecun") -> nn.Sequential:
+    """``Linear -> act`` per hidden width, then a linear head; every layer initialised as ``init``
+    says (:func:`init_linear_`), the head zero-initialised when ``zero_last``."""
+    check_init(init, "network")
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers += [nn.Linear(d, h), activation()]
+        layers += [init_linear_(nn.Linear(d, h), init), activation()]
         d = h
-    head = nn.Linear(d, out_dim)
+    head = init_linear_(nn.Linear(d, out_dim), init)
     if zero_last:
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -141,16 +175,36 @@ _SOFTPLUS_INV_ONE = math.log(math.expm1(1.0 - MIN_STD))  # softplus(b) + 1e-3 ==
 class GaussianHead(nn.Module):
     """``obs -> (loc, scale)`` with ``scale = softplus(x) + 1e-3`` clipped to ``[1e-3, 10]``.
 
-    The last layer starts at zero weights and a bias giving ``scale == 1``: a freshly reset encoder
-    *is* the prior N(0, I), which is where GoRL's stage reset means to put it.
+    How it starts:
+
+    - ``prior=False`` (default): a newly initialised network, every layer as ``init`` says, the
+      output layer included. This is the authors' *fresh* encoder (``PpoState.init`` builds the
+      actor with ``mlp_init``; ``src/flow_policy/ppo.py`` at bennidict23/GoRL@8a0209c): its policy
+      is a random function of the observation, with ``scale`` near ``softplus(0) + 1e-3 ~ 0.69``
+      and a small random ``loc``: narrower than the prior.
+    - ``prior=True``: the output layer at zero weights and a bias giving ``loc = 0, scale = 1``
+      (:meth:`set_to_prior_`): the policy *is* the prior N(0, I) at every observation, their
+      ``GAUSSIAN`` initialisation (``gaussian_policy_params`` in
+      ``src/gorl/algorithms/dm_control_training.py``).
     """
 
-    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int], latent_dim: int) -> None:
+    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int], latent_dim: int, init: InitScheme = "lecun",
+                 prior: bool = False) -> None:
         super().__init__()
         self.obs_norm = obs_norm
-        self.net = mlp(obs_dim, hidden, 2 * latent_dim, zero_last=True)
-        with torch.no_grad():
-            self.net[-1].bias[latent_dim:] = _SOFTPLUS_INV_ONE
+        self.latent_dim = latent_dim
+        self.net = mlp(obs_dim, hidden, 2 * latent_dim, init=init)
+        if prior:
+            self.set_to_prior_()
+
+    @torch.no_grad()
+    def set_to_prior_(self) -> None:
+        """Make the policy exactly N(0, I): zero output weights, bias ``(0, softplus^-1(1 - 1e-3))``
+        (the hidden layers are left as they are, as in their ``gaussian_policy_params``)."""
+        head = self.net[-1]
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[self.latent_dim :] = _SOFTPLUS_INV_ONE
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(self.obs_norm(obs)).float()

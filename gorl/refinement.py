@@ -4,7 +4,10 @@ At the end of an encoder phase (the system drives these steps, one per ``trainin
 
 1. **collect** — with the stage's best encoder restored and frozen, roll out *stochastic* latents
    through the current decoder and keep ``(observation, pre-tanh action)`` pairs with their episode
-   id and reward. The decoder is fitted from fresh prior noise, never from the rollout latent
+   id and reward. By default (``collect_from: reset``, :func:`collect_from_reset`) this runs complete
+   episodes from env reset on a dedicated env, as the authors' ``collect_dataset`` does, so every
+   state in the data was reached by the best encoder; ``collect_from: training_envs`` keeps
+   stepping the running training envs instead (:func:`collect`). The decoder is fitted from fresh prior noise, never from the rollout latent
    (:func:`decoder_pairs`). The one exception is the authors' *pairwise term* of their current
    diffusion recipe (``pairwise_weight > 0``): ``weight * |decode(s, z_rollout) - a|^2`` ties the
    latent that produced an action to that action, so that a warm-started encoder keeps its meaning
@@ -33,7 +36,10 @@ from typing import Callable, Iterator, Literal
 import lightning.pytorch as pl
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from gorl.decoders.base import DecoderModule
 from gorl.distributed import min_over_ranks
@@ -43,6 +49,7 @@ from gorl.errors import ConfigError
 StepFn = Callable[[torch.Tensor], None]
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 Metric = Literal["val_loss", "val_endpoint_mse"]
+CollectFrom = Literal["reset", "training_envs"]
 
 
 @dataclass
@@ -51,9 +58,20 @@ class RefinementConfig:
 
     Attributes:
         transitions: env frames of data collected per refinement (the authors: ~4,096 episodes of
-            1000 steps, about 4.1M frames).
-        episodes: if set, collect until this many episodes have *finished* instead (the frames it
-            took are still counted); ``transitions`` is then ignored.
+            1000 steps, about 4.1M frames); with ``collect_from: reset``, whole episodes until at
+            least this many frames.
+        episodes: if set, collect this many episodes instead (``training_envs``: until this many
+            have *finished*; the frames it took are still counted); ``transitions`` is then ignored.
+        collect_from: where the data comes from. ``reset`` (default): complete episodes of the best
+            encoder from env reset, ``collect_envs`` at a time on an env of their own, the authors'
+            ``collect_dataset`` (``src/gorl/algorithms/collection.py`` at bennidict23/GoRL@8a0209c:
+            ``auto_reset=False``, 64 envs at a time, episodes of at most 1,000 steps).
+            ``training_envs``: keep stepping the running training envs (the data then starts
+            mid-episode, keeps partial first and last episodes, and its first states were reached
+            by the last-trained encoder, not the best one).
+        collect_envs: env copies stepped together by ``reset`` collection (theirs: 64).
+        max_episode_steps: step cap of a collected episode (``reset``; theirs: ``episode_length``,
+            1,000).
         val_fraction: fraction of *episodes* held out for validation.
         steps: optimiser steps per fit (the authors' flow recipe: 50,000). ``null`` to count in
             ``epochs`` instead; exactly one of the two is set.
@@ -78,6 +96,9 @@ class RefinementConfig:
 
     transitions: int = 4_096_000
     episodes: int | None = None
+    collect_from: CollectFrom = "reset"
+    collect_envs: int = 64
+    max_episode_steps: int = 1000
     val_fraction: float = 0.1
     steps: int | None = 50_000
     epochs: int | None = None
@@ -98,6 +119,10 @@ class RefinementConfig:
             raise ConfigError(f"refinement.top_q must be in (0, 1] or null, got {self.top_q}")
         if self.episodes is not None and self.episodes < 1:
             raise ConfigError(f"refinement.episodes must be >= 1 or null, got {self.episodes}")
+        if self.collect_from not in ("reset", "training_envs"):
+            raise ConfigError(f"refinement.collect_from must be reset or training_envs, got {self.collect_from!r}")
+        if self.collect_envs < 1 or self.max_episode_steps < 1:
+            raise ConfigError(f"refinement.collect_envs and max_episode_steps must be >= 1, got {self.collect_envs}, {self.max_episode_steps}")
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError(f"set exactly one of refinement.steps and refinement.epochs (the other null), got steps={self.steps}, epochs={self.epochs}")
         for name in ("steps", "epochs", "val_every", "patience"):
@@ -160,6 +185,51 @@ def collect(batches: Iterator[TensorDictBase], frames: int, episodes: int | None
         got += batch.numel()
         finished += int(batch["next", "done"].sum())
     return torch.cat(parts), got
+
+
+@torch.no_grad()
+def collect_from_reset(env: EnvBase, policy: TensorDictModuleBase, max_steps: int, episodes: int | None = None,
+                       frames: int | None = None, keep_latent: bool = False) -> tuple[TensorDict, int]:
+    """Complete episodes from env reset, ``env``'s copies at a time, with stochastic latents: the
+    authors' ``collect_dataset`` (``src/gorl/algorithms/collection.py`` at bennidict23/GoRL@8a0209c).
+
+    Each batch resets every copy of ``env`` and rolls ``policy`` (the stage's best encoder through
+    the current decoder) until every copy's first episode has ended or ``max_steps`` steps have
+    passed; each copy contributes its first episode only, up to and including the step that ended
+    it (theirs: ``auto_reset=False`` and the steps before the first ``discount == 0``). Batches go on
+    until ``episodes`` episodes are kept (the last batch keeps only as many as are still missing,
+    as theirs rolls only that many) or, with ``episodes=None``, until at least ``frames`` frames.
+
+    Returns the pairs, with the fields of :func:`decoder_pairs` (``episode`` ids unique over the
+    whole collection), and the env frames spent: the steps of every copy's first episode, kept
+    or not.
+    """
+    if (episodes is None) == (frames is None):
+        raise ValueError("collect_from_reset needs exactly one of episodes and frames")
+    parts, kept_episodes, kept_frames, spent = [], 0, 0, 0
+    while (kept_episodes < episodes) if episodes is not None else (kept_frames < frames):
+        with set_exploration_type(ExplorationType.RANDOM):
+            rollout = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True, auto_cast_to_device=True)
+        rollout = rollout.reshape(-1, rollout.shape[-1])  # [copies, time]
+        n, device = rollout.shape[0], rollout.device
+        done = rollout["next", "done"].reshape(rollout.shape).to(torch.long)
+        first = (torch.cumsum(done, 1) - done) == 0  # each copy's first episode, from reset
+        spent += int(first.sum())
+        keep = n if episodes is None else min(n, episodes - kept_episodes)
+        valid = first & (torch.arange(n, device=device) < keep).unsqueeze(1)
+        ids = (torch.arange(n, device=device) + kept_episodes).unsqueeze(1).expand(rollout.shape)
+        entries = {
+            "observation": rollout["observation"][valid],
+            "action": rollout["pre_tanh"][valid],
+            "episode": ids[valid],
+            "reward": rollout["next", "reward"].reshape(rollout.shape)[valid],
+        }
+        if keep_latent:
+            entries["latent"] = rollout["latent"][valid]
+        parts.append(TensorDict(entries, batch_size=[int(valid.sum())], device=device))
+        kept_episodes += keep
+        kept_frames += int(valid.sum())
+    return torch.cat(parts), spent
 
 
 def clip_targets(data: TensorDict, clip: float | None) -> TensorDict:

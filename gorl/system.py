@@ -43,7 +43,7 @@ from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
-from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, split_by_episode, top_q_episodes
+from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, split_by_episode, top_q_episodes
 
 EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
@@ -360,6 +360,9 @@ class GoRLSystem(pl.LightningModule):
 
     def _encoder_iteration(self) -> None:
         st, cfg = self.loop_state, self.loop_cfg
+        if st.eval_before_update(cfg):  # the authors evaluate stage 0's untrained policy too
+            self.evaluate()
+            boundary.record(self)["initial"] = self.last_eval_return
         t0 = time.perf_counter()
         rollouts = []
         for _ in range(self.encoder.rollouts_per_update):  # same weights for all of them (Brax's PPO)
@@ -378,6 +381,7 @@ class GoRLSystem(pl.LightningModule):
         frames = rollout.numel() * self.trainer.world_size
         st.frames += frames
         st.stage_frames += frames
+        st.stage_updates += 1
         self.record_metrics({f"encoder/{k}": v for k, v in metrics.items()})
         self.record_metrics({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
         self._record_train_return()
@@ -401,6 +405,17 @@ class GoRLSystem(pl.LightningModule):
         self.last_eval_return = mean
         rank_zero_info(f"[gorl] stage {st.stage} | frames {st.frames:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f}")
 
+    def _refit_env(self) -> EnvBase:
+        """The env the decoder's data is collected on (``refinement.collect_from: reset``): its own
+        ``refinement.collect_envs`` copies, built at the first refit, seeded anew per stage (so a
+        resumed run collects what an uninterrupted one would)."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        seed = self.seed + 10_000 * rank + 2_000_000
+        if "refit" not in self._envs:
+            self._envs["refit"] = make_env(self.env_cfg, seed=seed, num_envs=self.refine_cfg.collect_envs, num_workers=1)
+        self._envs["refit"].set_seed(seed + 1_000 * self.loop_state.stage)
+        return self._envs["refit"]
+
     def _decoder_iteration(self) -> None:
         st, rc = self.loop_state, self.refine_cfg
         dec_opt = self.optimizers()[1]
@@ -409,7 +424,12 @@ class GoRLSystem(pl.LightningModule):
         if self.fit_state is None:
             # Collect with the best encoder, frozen; then start a fresh (or warm) decoder.
             per_rank = lambda n: None if n is None else math.ceil(n / self.trainer.world_size)  # noqa: E731
-            data, frames = collect(iter(self._next_checked_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
+            if rc.collect_from == "reset":  # complete episodes of the best encoder from env reset
+                data, frames = collect_from_reset(self._refit_env(), self.policy, rc.max_episode_steps, per_rank(rc.episodes),
+                                                  None if rc.episodes is not None else per_rank(rc.transitions), rc.keeps_latent)
+                self._check_observations(data)
+            else:
+                data, frames = collect(iter(self._next_checked_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
             st.collect_frames += frames * self.trainer.world_size
             rec["decoder_data"] = frames * self.trainer.world_size
             if rc.top_q is not None:

@@ -50,7 +50,7 @@ METHOD_DECODER = {
                        "schedule": "linear_alpha_bar", "output_scale": 0.25, "samples_per_action": 8},
 }
 
-COLLECTION = {"episodes": 4096, "stochastic": True}
+COLLECTION = {"episodes": 4096, "stochastic": True, "num_envs": 64, "episode_length": 1000, "from_reset": True}  # collection.py collect_dataset
 EVALUATION = {"episodes": 128, "deterministic": True, "num_evals": 10}
 STAGE_STEPS = [60_000_000, 60_000_000, 30_000_000, 30_000_000]
 

@@ -205,9 +205,11 @@ def test_reset_modes_per_stage():
     enc = _encoder(reset=["fresh", "fresh", "warm"])
     enc.train_on(_fixed_rollout(enc), lambda loss, norm: (loss.backward(), [p.data.add_(0.1) for p in enc.parameters()]), stage=0)
     best = enc.snapshot()
-    enc.reset(best, stage=1)  # stage 1: fresh
+    enc.reset(best, stage=1)  # stage 1: fresh, a newly initialised network (their FRESH), not the prior
     loc, scale = enc.actor_net(torch.randn(5, 3))
-    assert torch.equal(loc, torch.zeros_like(loc)) and torch.allclose(scale, torch.ones_like(scale))
+    assert not torch.allclose(loc, torch.zeros_like(loc)) and not torch.allclose(scale, torch.ones_like(scale))
+    assert all(torch.equal(enc.state_dict()[k], torch.zeros_like(v)) for k, v in enc.state_dict().items()
+               if k.startswith(("actor_net.net.", "critic_net.net.")) and k.endswith(".bias"))
     assert float(enc.obs_norm.count) == 0
     enc.reset(best, stage=2)  # stage 2 and later: warm, the best agent exactly
     assert all(torch.equal(best[k], v) for k, v in enc.state_dict().items())

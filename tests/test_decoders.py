@@ -21,6 +21,24 @@ def test_untrained_decoder_is_the_identity(cls):
     assert torch.equal(dec.decode(obs, eps), eps)
 
 
+@pytest.mark.parametrize("cls", DECODERS)
+def test_decoder_layers_are_lecun_uniform_with_zero_biases_and_a_zero_head(cls):
+    """The authors' decoders: ``mlp_init`` (LeCun-uniform weights, zero biases) on every layer,
+    then the final layer zeroed (``zero_final_layer = True``)."""
+    torch.manual_seed(0)
+    dec = cls(17, 6, hidden=[128, 128, 128, 128])
+    layers = [m for m in dec.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 5 and layers[0].in_features == 17 + 6 + 8  # one first layer on [obs, x, t]
+    head = layers[-1]
+    assert torch.equal(head.weight, torch.zeros_like(head.weight)) and torch.equal(head.bias, torch.zeros_like(head.bias))
+    for layer in layers[:-1]:
+        bound = (3.0 / layer.in_features) ** 0.5
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias)) and layer.weight.abs().max() <= bound
+        assert abs(layer.weight.var().item() * layer.in_features - 1.0) < 0.15  # PyTorch's default: 1/3
+    old = cls(17, 6, hidden=[128, 128], init="torch_default")
+    assert old.net.inp.bias.abs().sum() > 0
+
+
 def _bimodal(n: int, seed: int = 0) -> TensorDict:
     """Context c ~ U(-1, 1); pre-tanh action +-(0.8 + 0.4 c) with equal odds, small noise."""
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Latent PPO encoder: prior initialisation, log-prob agreement, a PPO update improves its loss,
+"""Latent PPO encoder: the authors' initialisation (fresh and exact-prior), log-prob agreement, a PPO update improves its loss,
 the KL regulariser, per-stage schedules and reset modes."""
 
 import pytest
@@ -39,11 +39,74 @@ def _fixed_rollout(enc: EncoderModule, n: int = 8, t: int = 16, seed: int = 0) -
     )
 
 
-def test_fresh_encoder_is_the_prior():
-    enc = _encoder()
-    loc, scale = enc.actor_net(torch.randn(5, 3))
-    assert torch.allclose(loc, torch.zeros_like(loc))
-    assert torch.allclose(scale, torch.ones_like(scale), atol=1e-6)
+def _lecun_reference_policy(obs: torch.Tensor, hidden: list[int], latent_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loc, scale) of a newly initialised network as the authors build one (``mlp_init``:
+    LeCun-uniform weights, zero biases; SiLU; ``scale = softplus(raw) + 1e-3``), written out here
+    independently of gorl.networks."""
+    g = torch.Generator().manual_seed(seed)
+    x, dims = obs, [obs.shape[-1], *hidden, 2 * latent_dim]
+    for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+        bound = (3.0 / fan_in) ** 0.5
+        w = (torch.rand(fan_in, fan_out, generator=g) * 2 - 1) * bound
+        x = x @ w  # biases are zero
+        if i < len(dims) - 2:
+            x = torch.nn.functional.silu(x)
+    loc, raw = x.chunk(2, -1)
+    return loc, torch.nn.functional.softplus(raw) + 1e-3
+
+
+def _policy_stats(pairs) -> tuple[float, float, float]:
+    """Over networks and observations: mean |loc|, mean scale, mean within-network std of scale."""
+    locs, scales = zip(*pairs)
+    return (torch.stack(locs).abs().mean().item(), torch.stack(scales).mean().item(),
+            torch.stack([s.std(0).mean() for s in scales]).mean().item())
+
+
+def test_fresh_encoder_is_a_newly_initialised_network_like_the_authors():
+    """Their fresh encoder (``PpoState.init``) is a random function of the observation with scale
+    ~ softplus(small) + 1e-3, not exactly N(0, I): ours matches a LeCun-uniform, zero-bias network
+    of the same shape in distribution (over many networks and observations)."""
+    hidden, obs_dim, latent = [32, 32, 32, 32], 17, 6
+    obs = torch.randn(256, obs_dim)
+    ours, ref = [], []
+    for seed in range(24):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            ours.append(EncoderModule(obs_dim, latent, actor_hidden=hidden, critic_hidden=[8]).actor_net(obs))
+        ref.append(_lecun_reference_policy(obs, hidden, latent, 1000 + seed))
+    (loc_o, scale_o, spread_o), (loc_r, scale_r, spread_r) = _policy_stats(ours), _policy_stats(ref)
+    assert abs(scale_o - scale_r) < 0.02 and 0.6 < scale_o < 0.8  # ~ softplus(0) + 1e-3 = 0.694, not 1
+    assert abs(loc_o / loc_r - 1) < 0.2 and loc_o > 0.02  # a small random mean, not 0
+    assert abs(spread_o / spread_r - 1) < 0.3  # scale varies with the observation as theirs does
+    # The exact prior stays reachable: their GAUSSIAN initialisation, for stage 0 too.
+    loc, scale = _encoder(reset="gaussian").actor_net(obs[:, :3])
+    assert torch.equal(loc, torch.zeros_like(loc)) and torch.allclose(scale, torch.ones_like(scale), atol=1e-6)
+    loc, scale = _encoder(reset=["gaussian", "fresh"]).actor_net(obs[:, :3])
+    assert torch.equal(loc, torch.zeros_like(loc))
+
+
+def _linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_actor_and_critic_layers_are_lecun_uniform_with_zero_biases():
+    """The authors' ``mlp_init``: weights U(-sqrt(3 / fan_in), +sqrt(3 / fan_in)), biases 0."""
+    torch.manual_seed(0)
+    enc = EncoderModule(17, 6)  # their shapes: actor 4 x 32, critic 5 x 256
+    layers = _linears(enc.actor_net) + _linears(enc.critic_net)
+    assert len(layers) == 5 + 6
+    for layer in layers:
+        bound = (3.0 / layer.in_features) ** 0.5
+        w = layer.weight
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+        assert w.abs().max() <= bound
+        if w.numel() >= 500:  # variance 1 / fan_in (PyTorch's default: 1 / (3 fan_in))
+            assert abs(w.var().item() * layer.in_features - 1.0) < 0.15
+    # PyTorch's default stays reachable.
+    old = EncoderModule(17, 6, init="torch_default")
+    assert all(layer.bias.abs().sum() > 0 for layer in _linears(old.critic_net))
+    with pytest.raises(ConfigError):
+        EncoderModule(17, 6, init="xavier")
 
 
 def test_acting_policy_log_prob_matches_the_loss_actor():
@@ -181,14 +244,28 @@ def test_reset_modes():
     _perturb(fresh)
     fresh.reset()
     loc, scale = fresh.actor_net(obs)
-    assert torch.allclose(loc, torch.zeros_like(loc)) and fresh.obs_norm.count == 0
+    # A newly initialised network (the authors' FRESH): zero biases, random weights, not the prior.
+    assert fresh.obs_norm.count == 0 and all(torch.equal(layer.bias, torch.zeros_like(layer.bias)) for layer in _linears(fresh))
+    assert not torch.allclose(loc, torch.zeros_like(loc)) and not torch.allclose(scale, torch.ones_like(scale), atol=1e-2)
+
+    gauss = _encoder(reset=["fresh", "gaussian"])
+    _perturb(gauss)
+    gauss.reset(gauss.snapshot(), stage=1)
+    loc, scale = gauss.actor_net(obs)
+    assert torch.equal(loc, torch.zeros_like(loc)) and torch.allclose(scale, torch.ones_like(scale), atol=1e-6)
+    assert gauss.obs_norm.count == 0 and torch.equal(gauss.critic_net.net[0].bias, torch.zeros_like(gauss.critic_net.net[0].bias))
 
     wv = _encoder(reset="warm_value")
     _perturb(wv)
     critic_before = wv.critic_net(obs).clone()
+    actor_before = wv.actor_net.net[0].weight.clone()
     wv.reset()
     assert torch.allclose(wv.critic_net(obs), critic_before) and wv.obs_norm.count == 10
-    assert torch.allclose(wv.actor_net(obs)[0], torch.zeros(4, 2))
+    # their gaussian_warm_value: a fresh actor (new hidden layers) whose output layer is set to N(0, I)
+    loc, scale = wv.actor_net(obs)
+    assert torch.equal(loc, torch.zeros(4, 2)) and torch.allclose(scale, torch.ones_like(scale), atol=1e-6)
+    assert not torch.allclose(wv.actor_net.net[0].weight, actor_before)
+    assert torch.equal(wv.actor_net.net[0].bias, torch.zeros_like(wv.actor_net.net[0].bias))
 
     warm = _encoder(reset="warm")
     best = warm.snapshot()

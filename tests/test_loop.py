@@ -10,7 +10,7 @@ import torch
 from gorl.decoders import FlowDecoder
 from gorl.encoders import EncoderModule
 from gorl.envs.factory import EnvConfig
-from gorl.loop import LoopConfig
+from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import RefinementConfig
 from gorl.system import GoRLSystem
 from tests.conftest import CONF, run_gorl
@@ -123,6 +123,7 @@ def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(tmp_path)
         "--model.loop.stages", "[256, 128, 128]", "--model.loop.eval_every", "1e9", "--model.loop.eval_max_steps", "20",
         "--model.refinement.episodes", "null", "--model.refinement.transitions", "256", "--model.refinement.epochs", "2",
         "--model.refinement.val_every", "2", "--model.refinement.batch_size", "64",
+        "--model.refinement.collect_envs", "2", "--model.refinement.max_episode_steps", "20",
         cwd=tmp_path,
     )
     out = res.stdout + res.stderr
@@ -183,3 +184,40 @@ def test_rollouts_per_update_refuses_reward_norm():
 
     with pytest.raises(ConfigError, match="rollouts_per_update: 1"):
         EncoderModule(3, 2, rollouts_per_update=2, reward_norm=True)
+
+
+def test_authors_evaluation_points():
+    """``np.linspace(1, U, num_evals - 1, dtype=int)`` plus U (train_stage, dm_control_training.py
+    @8a0209c): for their 61-update stage 0 of 983,040-frame updates, and a stage shorter than N."""
+    assert authors_eval_updates(61, 10) == {1, 8, 16, 23, 31, 38, 46, 53, 61}
+    assert authors_eval_updates(31, 10) == {1, 4, 8, 12, 16, 19, 23, 27, 31}
+    assert authors_eval_updates(3, 10) == {1, 2, 3}
+    assert authors_eval_updates(5, 1) == {1, 5}
+
+
+def _eval_points(schedule: str) -> list[tuple[int, int]]:
+    """(stage, updates made in the stage) at every evaluation of a 2-stage toy plan of 10 + 5 updates."""
+    system = GoRLSystem(
+        env=EnvConfig(task="toy-bandit", num_envs=16, eval_envs=4),
+        encoder=partial(EncoderModule, actor_hidden=[8], critic_hidden=[8], unroll=8, epochs=1, minibatch_size=128),
+        decoder=partial(FlowDecoder, hidden=[8]),
+        loop=LoopConfig(stages=[1280, 640], evals_per_stage=4, eval_schedule=schedule, eval_max_steps=10),
+        refinement=RefinementConfig(transitions=64, collect_envs=8, max_episode_steps=10, steps=1, val_every=1, batch_size=32),
+    )
+    points, evaluate = [], system.evaluate
+
+    def spy():
+        points.append((system.loop_state.stage, system.loop_state.stage_updates))
+        evaluate()
+
+    system.evaluate = spy
+    _fit(system, [])
+    return points
+
+
+def test_evaluations_per_stage_are_counted_and_placed_as_the_authors():
+    # 128 frames per update: stage 0 has 10 updates, stage 1 has 5. With N = 4 the authors evaluate
+    # before the first update and after updates floor(linspace(1, U, 3)) and U, in every stage.
+    assert _eval_points("authors") == [(0, 0), (0, 1), (0, 5), (0, 10), (1, 0), (1, 1), (1, 3), (1, 5)]
+    # Ours before, still reachable: no stage-0 evaluation before an update, none after update 1 of later stages.
+    assert _eval_points("even") == [(0, 1), (0, 4), (0, 7), (0, 10), (1, 0), (1, 2), (1, 4), (1, 5)]

@@ -128,6 +128,7 @@ def test_fit_through_both_phases_on_the_mjx_backend(tmp_path):
         "--model.env.num_envs", "4", "--model.env.eval_envs", "4",
         "--model.loop.stages", "[64, 32]", "--model.loop.eval_every", "32", "--model.loop.eval_max_steps", "4",
         "--model.refinement.transitions", "64", "--model.refinement.batch_size", "32",
+        "--model.refinement.collect_envs", "4", "--model.refinement.max_episode_steps", "16",
         cwd=tmp_path, timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]

@@ -16,7 +16,7 @@ from tests.authors_recipe import COLLECTION, EVALUATION, STAGE_STEPS, TASKS, aut
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_OF_TASK = {"CheetahRun": "cheetah", "FingerSpin": "finger_spin", "FingerTurnHard": "finger_turn_hard",
                   "FishSwim": "fish_swim", "HopperStand": "hopper", "WalkerWalk": "walker"}
-RESET = {"fresh": "fresh", "warm_start": "warm", "gaussian_warm_value": "warm_value"}
+RESET = {"fresh": "fresh", "warm_start": "warm", "gaussian": "gaussian", "gaussian_warm_value": "warm_value"}
 OBS_TIMING = {"rollout_consistent": "post_update", "legacy_pre_update": "pre_update"}
 OBS_ACCUMULATION = {"cumulative": "cumulative", "legacy_batch_only": "batch_only"}
 CELLS = [(task, method) for task in TASKS for method in ("gorl_fm", "gorl_diffusion")]
@@ -55,7 +55,9 @@ def test_recipe_matches_the_authors_current_release(task, method, capsys):
         expected["observation_stats_accumulation"] = OBS_ACCUMULATION[theirs["observation_stats_accumulation"]]
         assert ours == expected, (task, method, stage)
         assert MAX_STD == theirs["policy_scale_cap"]
-        if stage >= 1:  # stage 0 always starts at the prior
+        if stage == 0:  # theirs always starts stage 0 fresh (pipeline.py _encoder_initialization)
+            assert stage_item(enc["reset"], 0) == "fresh", (task, method)
+        else:
             assert stage_item(enc["reset"], stage) == RESET[theirs["encoder_initialization"]], (task, method, stage)
         assert enc["gamma"] == theirs["discounting"] and enc["lmbda"] == theirs["gae_lambda"]
         assert enc["reward_scale"] == theirs["reward_scaling"] and enc["unroll"] == theirs["unroll_length"]
@@ -63,11 +65,13 @@ def test_recipe_matches_the_authors_current_release(task, method, capsys):
     # Fixed for every cell of the dm_control profile (PPOStageConfig defaults, ppo.py).
     assert enc["value_coef"] == 0.25 and enc["prior_reg"] == "l2" and enc["gae"] == "minibatch"
     assert enc["actor_hidden"] == [32] * 4 and enc["critic_hidden"] == [256] * 5
+    assert enc["init"] == "lecun"  # their mlp_init
 
     dec, ref = cfg["decoder"], cfg["refinement"]
     theirs = authors_decoder(task, method)
     assert dec["class_path"] == ("gorl.decoders.FlowDecoder" if theirs["type"] == "fm" else "gorl.decoders.DiffusionDecoder")
     d = dec["init_args"]
+    assert d["init"] == "lecun"
     assert d["hidden"] == theirs["hidden_sizes"] and d["lr"] == theirs["learning_rate"] and d["steps"] == 10
     if theirs["type"] == "fm":
         assert d["draws"] == theirs["samples_per_action"] and ref["steps"] == theirs["train_steps"] and ref["epochs"] is None
@@ -79,11 +83,13 @@ def test_recipe_matches_the_authors_current_release(task, method, capsys):
     assert ref["pairwise_weight"] == theirs["pairwise_loss_weight"]
     assert ref["checkpoint_metric"] == theirs["checkpoint_metric"]
     assert ref["warm_start"] is (theirs["initialization"] != "fresh") and ref["top_q"] is None and ref["val_fraction"] == 0.1
-    assert ref["episodes"] == COLLECTION["episodes"]
+    assert ref["episodes"] == COLLECTION["episodes"] and ref["collect_from"] == "reset"
+    assert ref["collect_envs"] == COLLECTION["num_envs"] and ref["max_episode_steps"] == COLLECTION["episode_length"]
 
     loop = cfg["loop"]
     assert [int(s) for s in loop["stages"]] == STAGE_STEPS
     assert loop["evals_per_stage"] == EVALUATION["num_evals"] and loop["eval_max_steps"] == 1000
+    assert loop["eval_schedule"] == "authors"  # placed as train_stage's (gorl.loop.authors_eval_updates)
     assert cfg["env"]["eval_envs"] == EVALUATION["episodes"]
 
 

@@ -21,7 +21,8 @@ tractable entropy (the paper's setting is entropy 0 anyway).
 
 Choices the paper leaves open, made here: the squared error is summed over action dimensions (the
 paper's ``||.||^2``, as :class:`~gorl.decoders.FlowDecoder`); the velocity head is zero-initialised,
-so a fresh policy samples ``a = eps ~ N(0, I)``, the same starting distribution as Gaussian PPO's;
+so a fresh policy samples ``a = eps ~ N(0, I)`` (Gaussian PPO starts from a newly initialised
+network instead, narrower than N(0, I), as the authors' does);
 the deterministic (evaluation) action integrates the flow from ``eps = 0``.
 """
 

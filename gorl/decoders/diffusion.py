@@ -35,6 +35,7 @@ import torch
 
 from gorl.decoders.base import ConditionalMLP, DecoderModule
 from gorl.errors import ConfigError
+from gorl.networks import InitScheme, check_init
 
 
 def linear_alpha_bar(steps: int, alpha_min: float = 1e-3) -> torch.Tensor:
@@ -52,7 +53,9 @@ def cosine_alpha_bar(steps: int, max_t: float = 0.9, offset: float = 0.008) -> t
 
 class DiffusionDecoder(DecoderModule):
     """Args: hidden (MLP widths, SiLU), steps (T), schedule (``linear`` | ``cosine``), draws
-    ((eps, k) draws per action), time_dim, output_scale (network output multiplier), lr (Adam)."""
+    ((eps, k) draws per action), time_dim, output_scale (network output multiplier), lr (Adam), init
+    (layer initialisation: ``lecun``, the authors' ``mlp_init``, or ``torch_default``; the output
+    head is zero either way, see :class:`~gorl.decoders.base.ConditionalMLP`)."""
 
     graph_safe = True
 
@@ -67,6 +70,7 @@ class DiffusionDecoder(DecoderModule):
         time_dim: int = 8,
         output_scale: float = 0.25,
         lr: float = 3e-4,
+        init: InitScheme = "lecun",
     ) -> None:
         super().__init__(obs_dim, act_dim, lr)
         if schedule not in ("linear", "cosine"):
@@ -82,7 +86,8 @@ class DiffusionDecoder(DecoderModule):
         self.register_buffer("sqrt_one_minus_abar", (1 - abar).sqrt().float(), persistent=False)
         self.register_buffer("c", c.float(), persistent=False)
         self.register_buffer("id_gain", ((1 - r) / c).float(), persistent=False)
-        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale)
+        check_init(init, "decoder")
+        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale, init=init)
 
     def loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         cond = self.net.condition(self.obs_norm(obs)).repeat_interleave(self.draws, 0)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import torch
 
 from gorl.decoders.base import ConditionalMLP, DecoderModule
+from gorl.networks import InitScheme, check_init
 
 
 class FlowDecoder(DecoderModule):
     """Args: hidden (MLP widths, SiLU), steps (Euler steps K), draws ((eps, t) draws per action k),
-    time_dim (sinusoidal embedding size), output_scale (velocity multiplier), lr (Adam)."""
+    time_dim (sinusoidal embedding size), output_scale (velocity multiplier), lr (Adam), init (layer
+    initialisation: ``lecun``, the authors' ``mlp_init``, or ``torch_default``; the velocity head is
+    zero either way, see :class:`~gorl.decoders.base.ConditionalMLP`)."""
 
     graph_safe = True
 
@@ -31,11 +34,13 @@ class FlowDecoder(DecoderModule):
         time_dim: int = 8,
         output_scale: float = 1.0,
         lr: float = 3e-4,
+        init: InitScheme = "lecun",
     ) -> None:
         super().__init__(obs_dim, act_dim, lr)
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.steps, self.draws = steps, draws
-        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale)
+        check_init(init, "decoder")
+        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale, init=init)
 
     def velocity(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(self.net.condition(self.obs_norm(obs)), x, self.net.time_bias(t))

@@ -52,10 +52,11 @@ from torchrl.objectives.value import GAE
 from gorl.encoders.advantage import segment_gae
 from gorl.encoders.base import LatentEncoder, OptimizeFn
 from gorl.errors import ConfigError
-from gorl.networks import GaussianHead, gaussian_log_prob, RunningNorm, mlp, stage_item, stage_value
+from gorl.networks import GaussianHead, InitScheme, RunningNorm, check_init, gaussian_log_prob, mlp, stage_item, stage_value
 from gorl.prior import PriorReg, prior_regulariser
 
-ResetMode = Literal["fresh", "warm", "warm_value"]
+ResetMode = Literal["fresh", "gaussian", "warm", "warm_value"]
+RESET_MODES = ("fresh", "gaussian", "warm", "warm_value")
 LossImpl = Literal["fused", "torchrl"]
 ObsStatsTiming = Literal["post_update", "pre_update"]
 ObsStatsAccumulation = Literal["cumulative", "batch_only"]
@@ -102,10 +103,10 @@ def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class Critic(nn.Module):
     """State-value network on normalised observations."""
 
-    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int]) -> None:
+    def __init__(self, obs_norm: RunningNorm, obs_dim: int, hidden: Sequence[int], init: InitScheme = "lecun") -> None:
         super().__init__()
         self.obs_norm = obs_norm
-        self.net = mlp(obs_dim, hidden, 1)
+        self.net = mlp(obs_dim, hidden, 1, init=init)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.obs_norm(obs)).float()
@@ -138,12 +139,21 @@ class EncoderModule(LatentEncoder):
             task's reward scale. Off in the authors' setting (they use a fixed scale of 10).
         prior_reg: ``kl`` (paper text), ``l2`` (authors' code) or ``none``.
         prior_coef: beta, per stage.
-        reset: what the encoder keeps at a stage boundary, per stage (a list is indexed by the stage
-            being started, so entry 0 is never used): ``fresh`` (nothing: back to the prior with new
-            obs statistics, the authors' flow recipe), ``warm`` (actor, critic and obs statistics of
-            the finished stage's best encoder, their diffusion recipe's warm start) or ``warm_value``
-            (a policy exactly at N(0, I), critic and obs statistics kept: their
-            ``gaussian_warm_value``). The optimiser's moments restart in every mode, as theirs do.
+        reset: how the encoder starts each stage (a list is indexed by the stage being started):
+            ``fresh`` (a newly initialised actor and critic, new obs statistics: the authors'
+            ``FRESH``, ``PpoState.init``; its policy is a random, narrower-than-prior function of the
+            observation, see :class:`~gorl.networks.GaussianHead`), ``gaussian`` (as fresh, but the
+            actor's output layer set so the policy is exactly N(0, I): their ``GAUSSIAN``, and this
+            project's ``fresh`` before), ``warm`` (actor, critic and obs statistics of the finished
+            stage's best encoder, their diffusion recipe's warm start) or ``warm_value`` (a fresh
+            actor set exactly to N(0, I), critic and obs statistics of the best encoder kept: their
+            ``gaussian_warm_value``). Entry 0 is how stage 0 starts: ``gaussian`` there starts it at
+            the exact prior, any other mode means ``fresh`` (nothing to keep yet; the authors' stage
+            0 is always fresh, ``_encoder_initialization`` in their ``src/gorl/pipeline.py``). The
+            optimiser's moments restart in every mode, as theirs do. (bennidict23/GoRL@8a0209c,
+            ``initialize_agent`` in ``src/gorl/algorithms/dm_control_training.py``.)
+        init: initialisation of the actor and critic layers: ``lecun`` (the authors' ``mlp_init``:
+            LeCun-uniform weights, zero biases) or ``torch_default`` (PyTorch's, this project's before).
         obs_stats: when a rollout's observations enter the running statistics, per stage:
             ``post_update`` (after the update, the authors' current "rollout_consistent") or
             ``pre_update`` (before it: Brax and their older "legacy_pre_update").
@@ -182,6 +192,7 @@ class EncoderModule(LatentEncoder):
         prior_reg: PriorReg = "kl",
         prior_coef: StageFloat = [5e-4, 1e-3],  # noqa: B006
         reset: ResetMode | list[ResetMode] = "fresh",
+        init: InitScheme = "lecun",
         obs_stats: ObsStatsTiming | list[ObsStatsTiming] = "post_update",
         obs_stats_accumulation: ObsStatsAccumulation | list[ObsStatsAccumulation] = "cumulative",
         gae: GAEMode = "rollout",
@@ -197,7 +208,8 @@ class EncoderModule(LatentEncoder):
         self.rollouts_per_update = rollouts_per_update
         # Explicit dict: frame inspection picks the wrong frame when jsonargparse builds us.
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        for name, value, valid in (("reset", reset, ("fresh", "warm", "warm_value")),
+        check_init(init, "encoder")
+        for name, value, valid in (("reset", reset, RESET_MODES),
                                    ("obs_stats", obs_stats, ("post_update", "pre_update")),
                                    ("obs_stats_accumulation", obs_stats_accumulation, ("cumulative", "batch_only")),
                                    ("gae", gae, ("rollout", "minibatch"))):
@@ -209,8 +221,9 @@ class EncoderModule(LatentEncoder):
         self.obs_norm = RunningNorm(obs_dim)
         self.return_norm = RunningNorm(1)  # statistics of the discounted return (reward_norm)
         self._running_return: torch.Tensor | None = None
-        self.actor_net = GaussianHead(self.obs_norm, obs_dim, actor_hidden, self.latent_dim)
-        self.critic_net = Critic(self.obs_norm, obs_dim, critic_hidden)
+        self.actor_net = GaussianHead(self.obs_norm, obs_dim, actor_hidden, self.latent_dim, init=init,
+                                      prior=stage_item(reset, 0) == "gaussian")
+        self.critic_net = Critic(self.obs_norm, obs_dim, critic_hidden, init=init)
         self.actor = ProbabilisticActor(
             TensorDictModule(self.actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
             in_keys=["loc", "scale"],
@@ -422,13 +435,19 @@ class EncoderModule(LatentEncoder):
         under several names (TorchRL's loss and GAE hold them too) that share the same tensors.
         """
         mode = stage_item(self.hparams.reset, stage)
-        if mode != "fresh" and best is not None:
+        keeps = mode in ("warm", "warm_value")
+        if keeps and best is not None:
             self.load_state_dict(best)
         if mode == "warm":
             return
-        fresh = type(self)(self.obs_dim, self.act_dim, **{k: v for k, v in self.hparams.items() if k not in ("obs_dim", "act_dim")})
+        # A newly initialised network of the same shape: the authors build one with
+        # ``PpoState.init`` in every mode, then overwrite what the mode keeps.
+        args = {k: v for k, v in self.hparams.items() if k not in ("obs_dim", "act_dim", "reset")}
+        fresh = type(self)(self.obs_dim, self.act_dim, **args)
         self.actor_net.net.load_state_dict(fresh.actor_net.net.state_dict())
-        if mode == "fresh":
+        if mode in ("gaussian", "warm_value"):
+            self.actor_net.set_to_prior_()  # their gaussian_policy_params
+        if not keeps:
             self.critic_net.net.load_state_dict(fresh.critic_net.net.state_dict())
             self.obs_norm.load_state_dict(fresh.obs_norm.state_dict())
             self.return_norm.load_state_dict(fresh.return_norm.state_dict())

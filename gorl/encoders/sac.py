@@ -116,8 +116,9 @@ class TwinQ(nn.Module):
 
     def __init__(self, obs_dim: int, in_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
-        self.q1 = mlp(obs_dim + in_dim, hidden, 1)
-        self.q2 = mlp(obs_dim + in_dim, hidden, 1)
+        # SAC is ours, not in the authors' code: its networks keep the init they were tuned with.
+        self.q1 = mlp(obs_dim + in_dim, hidden, 1, init="torch_default")
+        self.q2 = mlp(obs_dim + in_dim, hidden, 1, init="torch_default")
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         h = torch.cat([obs, x.to(obs.dtype)], dim=-1)
@@ -200,7 +201,9 @@ class LatentSAC(LatentEncoder):
         self.needs_decoder = critic_input == "action"
         self.x_key = critic_input  # the rollout entry the critics are trained on
         self.target_entropy = -float(self.latent_dim) if target_entropy is None else float(target_entropy)
-        self.actor = GaussianHead(RunningNorm(obs_dim), obs_dim, actor_hidden, self.latent_dim)
+        # The actor starts (and is reset) exactly at the prior, with PyTorch's init, as it always has:
+        # SAC is not in the authors' code, so their PPO encoder's init does not apply to it.
+        self.actor = GaussianHead(RunningNorm(obs_dim), obs_dim, actor_hidden, self.latent_dim, init="torch_default", prior=True)
         self.critic_norm = RunningNorm(obs_dim)
         x_dim = act_dim if critic_input == "action" else self.latent_dim
         self.critic = TwinQ(obs_dim, x_dim, critic_hidden)
