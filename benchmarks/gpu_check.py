@@ -324,7 +324,9 @@ def main() -> None:
             versions[dist] = version(dist)
         except PackageNotFoundError:
             versions[dist] = "absent"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+    # The device machine gets the working tree without .git: the command passes the commit in GORL_COMMIT.
+    commit = os.environ.get("GORL_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                                             text=True).stdout.strip() or "unknown"
     report.data["versions"] = versions
     report.say(f"# gpu_check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}")
     report.say(f"\n{torch.cuda.get_device_name() if cuda else 'no CUDA (a CPU dry run)'}; {os.cpu_count()} cores; quick={args.quick}; "
