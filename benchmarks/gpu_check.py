@@ -306,6 +306,11 @@ def main() -> None:
     p.add_argument("--out", default="gpu_check", help="folder for gpu_check.md, gpu_check.json and logs.tar.gz")
     p.add_argument("--budget", type=float, default=420.0, help="seconds for the whole check (steps that would not fit are skipped)")
     p.add_argument("--skip", nargs="*", default=[], help="step numbers to leave out (e.g. 5 6)")
+    p.add_argument("--order", nargs="*", default=["1", "2", "3", "4", "5", "6"], help="the order of steps 1-6 (7 always ends the check)")
+    p.add_argument("--tests", nargs="*", default=["tests/test_cuda.py", "tests/test_device_paths.py"], help="step 1's test files")
+    p.add_argument("--lean", action="store_true",
+                   help="steps 2-3 evaluate (200 steps) and collect refit data (100-step episodes) on the training batch's shape: "
+                        "no extra MJX compiles; their evaluation times are then not those of 128 episodes of 1,000 steps")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -356,80 +361,91 @@ def main() -> None:
     runs: dict[str, dict | None] = {}
     frames_of: dict[str, int] = {}
 
-    # 1. CUDA tests
-    if "1" not in args.skip:
-        report.say("## 1. CUDA tests\n")
-        code, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py", "tests/test_device_paths.py"],
-                                ROOT, min(240, left()))
-        report.keep("cuda_tests.log", text)
-        summary = [line for line in text.strip().splitlines() if re.search(r"\d+ (passed|failed|skipped)", line)]
-        report.say(f"- exit {code} in {secs:.0f} s: {summary[-1] if summary else text.strip().splitlines()[-1:]}")
-        for line in text.splitlines():
-            if line.startswith(("FAILED", "ERROR")):
-                report.say(f"  - `{line[:300]}`")
+    refits: dict = {}
 
-    # 2, 3. MJX on the GPU, both shapes
+    def step_1() -> None:  # CUDA tests
+        if "1" not in args.skip:
+            report.say("\n## 1. CUDA tests\n")
+            code, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.tests],
+                                    ROOT, min(240, left()))
+            report.keep("cuda_tests.log", text)
+            summary = [line for line in text.strip().splitlines() if re.search(r"\d+ (passed|failed|skipped)", line)]
+            report.say(f"- exit {code} in {secs:.0f} s: {summary[-1] if summary else text.strip().splitlines()[-1:]}")
+            for line in text.splitlines():
+                if line.startswith(("FAILED", "ERROR")):
+                    report.say(f"  - `{line[:300]}`")
+
+
     # (envs, unrolls per update, eval envs, stage-0 updates): each stage's first update compiles and
     # captures, the others are timed; the authors' shape gets fewer (each of its updates is ~8 s).
-    shapes = [("2. MJX, the authors' shape (2,048 envs x 16 unrolls)", "mjx_2048x16", (16, 4, 4, 3) if q else (2048, 16, 128, 2), []),
-              ("3. MJX, many envs (16,384 envs x 2 unrolls)", "mjx_16384x2", (64, 1, 4, 3) if q else (16384, 2, 128, 3), ["conf/recipes/paper_gpu_wide.yaml"])]
-    for title, name, (envs, rollouts, eval_envs, updates0), extra in shapes:
-        step = title.split(".")[0]
-        if step in args.skip:
-            continue
-        report.say(f"\n## {title}\n")
+    shapes = {"2": ("2. MJX, the authors' shape (2,048 envs x 16 unrolls)", "mjx_2048x16", (16, 4, 4, 3) if q else (2048, 16, 128, 2), []),
+              "3": ("3. MJX, many envs (16,384 envs x 2 unrolls)", "mjx_16384x2", (64, 1, 4, 3) if q else (16384, 2, 128, 3),
+                    ["conf/recipes/paper_gpu_wide.yaml"])}
+
+    def step_23(number: str) -> None:  # MJX on the GPU, one shape
+        title, name, (envs, rollouts, eval_envs, updates0), extra = shapes[number]
+        report.say(f"\n## {title}" + (" (lean: evaluation and refit data on the training shape)" if args.lean else "") + "\n")
         if left() < 60:
             report.say("- skipped: the budget is spent")
-            continue
+            return
         over, frames = plan(envs, rollouts, eval_envs, updates0)
+        if args.lean and not q:
+            over += ["--model.env.eval_envs", str(envs), "--model.loop.eval_max_steps", "200",
+                     "--model.refinement.collect_envs", str(envs), "--model.refinement.max_episode_steps", "100"]
         frames_of[name] = frames
         runs[name] = fit_rates(report, name, gpu + extra, over, min(left() - 20, 240))
 
-    # 4. decoder refits
-    refits: dict = {}
-    if "4" not in args.skip:
-        report.say("\n## 4. The acting chain, and decoder refits at the authors' batch\n")
-        if left() < 40:
-            report.say("- skipped: the budget is spent")
-        else:
-            try:
-                acting_rates(report, q)
-            except Exception as err:  # noqa: BLE001
-                report.say(f"- acting chain: FAILED: {type(err).__name__}: {err}"[:600])
-            try:
-                refits = refit_rates(report, q)
-            except Exception as err:  # noqa: BLE001
-                report.say(f"- FAILED: {type(err).__name__}: {err}"[:600])
+    def step_4() -> None:  # decoder refits
+        nonlocal refits
+        if "4" not in args.skip:
+            report.say("\n## 4. The acting chain, and decoder refits at the authors' batch\n")
+            if left() < 40:
+                report.say("- skipped: the budget is spent")
+            else:
+                try:
+                    acting_rates(report, q)
+                except Exception as err:  # noqa: BLE001
+                    report.say(f"- acting chain: FAILED: {type(err).__name__}: {err}"[:600])
+                try:
+                    refits = refit_rates(report, q)
+                except Exception as err:  # noqa: BLE001
+                    report.say(f"- FAILED: {type(err).__name__}: {err}"[:600])
 
-    # 5. dm_control, 15 worker processes, CUDA networks
-    if "5" not in args.skip:
-        report.say("\n## 5. dm_control, 16 shards of 128 envs (15 worker processes + the main one), CUDA networks\n")
-        if left() < 70:
-            report.say("- skipped: the budget is spent")
-        else:
-            workers, envs = (2, 8) if q else (16, 128)
-            frames = workers * envs * 30 * (2 if q else 16)
-            over = ["--trainer.accelerator", accelerator, "--model.env.num_workers", str(workers), "--model.env.num_envs", str(envs),
-                    "--model.encoder.rollouts_per_update", "2" if q else "16",
-                    "--model.loop.stages", f"[{2 * frames}]", "--model.loop.evals_per_stage", "null", "--model.loop.eval_every", str(10 * frames),
-                    "--model.env.eval_envs", "4", "--model.loop.eval_max_steps", "50", "--checkpoint.every_frames", "1e12"]
-            if q:
-                over += ["--model.encoder.minibatch_size", "240", "--model.encoder.epochs", "2"]
-            fit_rates(report, "dmc_16x128", ["conf/hopper.yaml", "conf/recipes/paper_gpu.yaml"], over, min(left() - 10, 180))
+    def step_5() -> None:  # dm_control, 15 worker processes, CUDA networks
+        if "5" not in args.skip:
+            report.say("\n## 5. dm_control, 16 shards of 128 envs (15 worker processes + the main one), CUDA networks\n")
+            if left() < 70:
+                report.say("- skipped: the budget is spent")
+            else:
+                workers, envs = (2, 8) if q else (16, 128)
+                frames = workers * envs * 30 * (2 if q else 16)
+                over = ["--trainer.accelerator", accelerator, "--model.env.num_workers", str(workers), "--model.env.num_envs", str(envs),
+                        "--model.encoder.rollouts_per_update", "2" if q else "16",
+                        "--model.loop.stages", f"[{2 * frames}]", "--model.loop.evals_per_stage", "null", "--model.loop.eval_every", str(10 * frames),
+                        "--model.env.eval_envs", "4", "--model.loop.eval_max_steps", "50", "--checkpoint.every_frames", "1e12"]
+                if q:
+                    over += ["--model.encoder.minibatch_size", "240", "--model.encoder.epochs", "2"]
+                fit_rates(report, "dmc_16x128", ["conf/hopper.yaml", "conf/recipes/paper_gpu.yaml"], over, min(left() - 10, 180))
 
-    # 6. DDP, two processes on the one GPU
-    if "6" not in args.skip:
-        report.say("\n## 6. DDP: the smoke plan in 2 processes " + ("sharing the one GPU (gloo)" if cuda else "on the CPU (gloo)") + "\n")
-        if left() < 40:
-            report.say("- skipped: the budget is spent")
-        else:
-            code, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ddp.py", "-k", "two_processes"],
-                                    ROOT, min(left() - 5, 150), {"GORL_DDP_MODE": "shared-cuda" if cuda else "cpu"})
-            report.keep("ddp.log", text)
-            verdict = "every rank's weights identical after every phase" if code == 0 else "FAILED"
-            report.say(f"- exit {code} in {secs:.0f} s: {verdict}")
-            if code != 0:
-                report.say(f"  - `{' | '.join(text.strip().splitlines()[-5:])[-800:]}`")
+    def step_6() -> None:  # DDP, two processes on the one GPU
+        if "6" not in args.skip:
+            report.say("\n## 6. DDP: the smoke plan in 2 processes " + ("sharing the one GPU (gloo)" if cuda else "on the CPU (gloo)") + "\n")
+            if left() < 40:
+                report.say("- skipped: the budget is spent")
+            else:
+                code, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ddp.py", "-k", "two_processes"],
+                                        ROOT, min(left() - 5, 150), {"GORL_DDP_MODE": "shared-cuda" if cuda else "cpu"})
+                report.keep("ddp.log", text)
+                verdict = "every rank's weights identical after every phase" if code == 0 else "FAILED"
+                report.say(f"- exit {code} in {secs:.0f} s: {verdict}")
+                if code != 0:
+                    report.say(f"  - `{' | '.join(text.strip().splitlines()[-5:])[-800:]}`")
+
+
+    steps = {"1": step_1, "2": lambda: step_23("2"), "3": lambda: step_23("3"), "4": step_4, "5": step_5, "6": step_6}
+    for number in args.order:
+        if number not in args.skip:
+            steps[number]()
 
     # 7. projections
     report.say("\n## 7. Projected 180M-frame plans (from the rates above, same command)\n")

@@ -29,13 +29,14 @@ def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000) 
     An env with a ``deterministic_returns(act, max_steps)`` method (the MJX backend) runs the
     episodes in its own loop instead, acting with the same chain; the returns are the same (tested).
     """
-    from gorl.policy import LatentPolicy
+    from gorl.policy import LatentPolicy, on_env_device
 
     fast = getattr(env, "deterministic_returns", None)
     if fast is not None and isinstance(policy, LatentPolicy):
         # The env's own loop (gorl/envs/mjx.py says why), with the same chain the collector acts with.
-        chain, device = policy.graphed or policy.chain, policy.squash.low.device
+        chain, device = policy.graphed or policy.chain, policy.device
         return fast(lambda obs: chain(obs.to(device), True)["action"], max_steps)
+    policy = on_env_device(policy, env)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True, auto_cast_to_device=True)
     td = td.reshape(-1, td.shape[-1])

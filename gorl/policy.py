@@ -49,6 +49,11 @@ class LatentPolicy(TensorDictModuleBase):
         # Set by the system on a GPU (gorl.acceleration.GraphedChain): the same chain, replayed.
         self.graphed: Callable[[torch.Tensor, bool], dict] | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the chain computes: the device of the system's networks (the squash moves with them)."""
+        return self.squash.low.device
+
     def chain(self, obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
         """The whole acting chain in plain tensors: encoder outputs, ``pre_tanh`` and ``action``."""
         out = dict(self._act(obs, deterministic))
@@ -62,3 +67,30 @@ class LatentPolicy(TensorDictModuleBase):
         for key, value in run(obs, deterministic_mode()).items():
             tensordict.set(key, value)
         return tensordict
+
+
+class OnDevice(TensorDictModuleBase):
+    """A :class:`LatentPolicy` acting on an env that lives elsewhere (CPU envs, CUDA networks): the
+    observation crosses to the policy's device and the outputs cross back, once each per step."""
+
+    def __init__(self, policy: LatentPolicy, env_device: torch.device) -> None:
+        super().__init__()
+        self.policy, self.env_device = policy, env_device
+        self.in_keys, self.out_keys = policy.in_keys, policy.out_keys
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        obs = tensordict.get("observation").to(self.policy.device, non_blocking=True)
+        chain = self.policy.chain if self.policy.graphed is None else self.policy.graphed
+        for key, value in chain(obs, deterministic_mode()).items():
+            tensordict.set(key, value.to(self.env_device))
+        return tensordict
+
+
+def on_env_device(policy: TensorDictModuleBase, env) -> TensorDictModuleBase:  # noqa: ANN001
+    """``policy`` ready for ``env.rollout``: TorchRL's ``auto_cast_to_device`` finds a policy's device
+    from its parameters, and a :class:`LatentPolicy` holds none of its own (the networks belong to
+    the system), so a CUDA policy over CPU envs would be handed CPU observations (seen on an H200,
+    2026-12-04: every CUDA fit failed at its first evaluation). Other policies are returned as they are."""
+    if isinstance(policy, LatentPolicy) and env.device is not None and policy.device != env.device:
+        return OnDevice(policy, env.device)
+    return policy

@@ -44,6 +44,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from gorl.decoders.base import DecoderModule
 from gorl.distributed import min_over_ranks
 from gorl.errors import ConfigError
+from gorl.policy import on_env_device
 
 # (loss) -> None: backward + step with the system's decoder optimiser.
 StepFn = Callable[[torch.Tensor], None]
@@ -209,7 +210,8 @@ def collect_from_reset(env: EnvBase, policy: TensorDictModuleBase, max_steps: in
     parts, kept_episodes, kept_frames, spent = [], 0, 0, 0
     while (kept_episodes < episodes) if episodes is not None else (kept_frames < frames):
         with set_exploration_type(ExplorationType.RANDOM):
-            rollout = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True, auto_cast_to_device=True)
+            rollout = env.rollout(max_steps, on_env_device(policy, env), break_when_any_done=False, break_when_all_done=True,
+                                  auto_cast_to_device=True)
         rollout = rollout.reshape(-1, rollout.shape[-1])  # [copies, time]
         n, device = rollout.shape[0], rollout.device
         done = rollout["next", "done"].reshape(rollout.shape).to(torch.long)

@@ -174,3 +174,21 @@ def test_mjx_jax_pipeline_needs_no_warp_and_the_warp_pipeline_says_what_it_needs
     assert "dims (17, 6)" in res.stdout
     assert "warp: env.mjx_impl: warp needs the warp-lang package" in res.stdout
     assert "Failed to import warp" not in res.stdout + res.stderr
+
+
+# --- rollouts of a policy on another device than its env -----------------------------------------
+def test_rollouts_cast_observations_and_actions_between_env_and_policy_devices():
+    """TorchRL's auto_cast_to_device finds no device on a LatentPolicy (it owns no parameters):
+    evaluation and refit collection wrap it so each step's tensors cross explicitly. The meta device
+    stands in for "another device" on a CPU-only machine."""
+    from types import SimpleNamespace
+
+    from gorl.networks import ActionSquash
+    from gorl.policy import LatentPolicy, OnDevice, on_env_device
+
+    policy = LatentPolicy(lambda obs, det: {"latent": obs[:, :2] * 2}, lambda obs, z: z, ActionSquash(-torch.ones(2), torch.ones(2)))
+    assert on_env_device(policy, SimpleNamespace(device=torch.device("cpu"))) is policy  # same device: as it is
+    wrapped = on_env_device(policy, SimpleNamespace(device=torch.device("meta")))
+    assert isinstance(wrapped, OnDevice)
+    td = wrapped(TensorDict({"observation": torch.randn(5, 3)}, [5]))
+    assert {td[k].device.type for k in ("latent", "pre_tanh", "action")} == {"meta"}
