@@ -192,3 +192,20 @@ def test_rollouts_cast_observations_and_actions_between_env_and_policy_devices()
     assert isinstance(wrapped, OnDevice)
     td = wrapped(TensorDict({"observation": torch.randn(5, 3)}, [5]))
     assert {td[k].device.type for k in ("latent", "pre_tanh", "action")} == {"meta"}
+
+
+# --- installing beside a GPU machine's own torch and jax ------------------------------------------
+def test_dependency_ranges_admit_the_cpu_and_the_gpu_machines_versions():
+    """pyproject's ranges keep a GPU machine's CUDA torch 2.11 and jax 0.11 (what the device check
+    ran on) instead of replacing them, and still admit what the README installs on a CPU."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = {Requirement(r).name: Requirement(r) for r in meta["dependencies"] + meta["optional-dependencies"]["mjx"]}
+    for version in ("2.11.0+cu130", "2.13.0", "2.13.0+cpu"):
+        assert reqs["torch"].specifier.contains(version, prereleases=True), version
+    assert not reqs["torch"].specifier.contains("2.14.0")  # untested: mujoco/torchrl pins were checked up to 2.13
+    for version in ("0.10.2", "0.11.2"):
+        assert reqs["jax"].specifier.contains(version), version
