@@ -16,6 +16,28 @@ def first_episode_returns(reward: torch.Tensor, done: torch.Tensor) -> torch.Ten
     return (reward.reshape(mask.shape) * mask).sum(1)
 
 
+def episode_returns(reward: torch.Tensor, done: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns of episodes ending in a rollout ``[N, T]``, in closed form over time.
+
+    ``carry[i]`` is what env ``i``'s running episode had collected before this rollout. Returns
+    ``(ended, carry')``: ``ended[i, t]`` is the whole return of the episode ending at step ``t``
+    (meaningful where ``done[i, t]``), ``carry'`` the unfinished part after the last step. A cumulative
+    sum of the rewards, minus its value at the previous episode end (found with a running max over
+    the indices of ends), gives every episode's return without a loop over steps.
+    """
+    n, steps = reward.shape
+    done = done.to(torch.bool)
+    cum = carry[:, None] + torch.cumsum(reward, dim=1)  # [N, T]
+    index = torch.arange(steps, device=reward.device).expand(n, steps)
+    last_end = torch.where(done, index, torch.full_like(index, -1)).cummax(dim=1).values  # last end at or before t
+    prev_end = torch.cat([torch.full_like(last_end[:, :1], -1), last_end[:, :-1]], dim=1)  # strictly before t
+    base = torch.where(prev_end >= 0, cum.gather(1, prev_end.clamp_min(0)), torch.zeros_like(cum))
+    ended = cum - base
+    final_end = last_end[:, -1]
+    carry = cum[:, -1] - torch.where(final_end >= 0, cum.gather(1, final_end.clamp_min(0)[:, None])[:, 0], torch.zeros_like(carry))
+    return ended, carry
+
+
 @torch.no_grad()
 def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000) -> torch.Tensor:
     """Returns of one deterministic episode per env copy, shape ``[num_env_copies]`` (on the env's

@@ -37,7 +37,7 @@ from gorl.distributed import broadcast_module_
 from gorl.encoders import EncoderModule, LatentEncoder
 from gorl.envs.factory import EnvConfig, env_dims, make_env
 from gorl.errors import CheckpointError, ConfigError, EnvWorkerError, NonFiniteError
-from gorl.evaluation import evaluate
+from gorl.evaluation import episode_returns, evaluate
 from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig, LoopState
 from gorl.networks import ActionSquash, RunningNorm
@@ -83,28 +83,6 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
-
-
-def episode_returns(reward: torch.Tensor, done: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns of episodes ending in a rollout ``[N, T]``, in closed form over time.
-
-    ``carry[i]`` is what env ``i``'s running episode had collected before this rollout. Returns
-    ``(ended, carry')``: ``ended[i, t]`` is the whole return of the episode ending at step ``t``
-    (meaningful where ``done[i, t]``), ``carry'`` the unfinished part after the last step. A cumulative
-    sum of the rewards, minus its value at the previous episode end (found with a running max over
-    the indices of ends), gives every episode's return without a loop over steps.
-    """
-    n, steps = reward.shape
-    done = done.to(torch.bool)
-    cum = carry[:, None] + torch.cumsum(reward, dim=1)  # [N, T]
-    index = torch.arange(steps, device=reward.device).expand(n, steps)
-    last_end = torch.where(done, index, torch.full_like(index, -1)).cummax(dim=1).values  # last end at or before t
-    prev_end = torch.cat([torch.full_like(last_end[:, :1], -1), last_end[:, :-1]], dim=1)  # strictly before t
-    base = torch.where(prev_end >= 0, cum.gather(1, prev_end.clamp_min(0)), torch.zeros_like(cum))
-    ended = cum - base
-    final_end = last_end[:, -1]
-    carry = cum[:, -1] - torch.where(final_end >= 0, cum.gather(1, final_end.clamp_min(0)[:, None])[:, 0], torch.zeros_like(carry))
-    return ended, carry
 
 
 class _Ticks(IterableDataset):

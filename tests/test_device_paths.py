@@ -23,7 +23,7 @@ from gorl.encoders.advantage import segment_gae
 from gorl.errors import NonFiniteError
 from gorl.networks import RunningNorm
 from gorl.optimization import FiniteGuard
-from gorl.system import episode_returns
+from gorl.evaluation import episode_returns
 from tests.conftest import CONF, ROOT, run_gorl
 
 
