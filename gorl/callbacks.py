@@ -88,6 +88,7 @@ class FrameCheckpoint(ModelCheckpoint):
     def install_signal_handlers(self) -> None:
         """Replace Lightning's handlers (its SIGINT path tears the run down without a checkpoint) for
         the time of training; Lightning restores its own predecessors at teardown."""
+        _STOPPED_BY.clear()
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._old_handlers[signum] = signal.signal(signum, self._on_signal)
 

@@ -485,6 +485,7 @@ def main(args: list[str] | None = None) -> None:
                          "env frames, about a day and a half on 2 CPU cores); try gorl fit --config conf/quickstart.yaml "
                          "(150k frames, a few minutes), or name the plan you mean with --config (conf/*.yaml)\n")
         sys.exit(2)
+    _THIS_CALL.update(run_dir=None, trained=False)  # main() may be called more than once in a process (tests)
     try:
         argv = expand_defaults(argv)
         if args is None:
