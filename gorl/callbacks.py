@@ -9,14 +9,28 @@ the run directory layout) and decides *when*: by frames, by minutes (so a killed
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gorl.errors import NonFiniteError
+
+
+# The signal (SIGINT, SIGTERM) that stopped this process's `gorl fit`, if one did: the CLI exits
+# with 128 + it after the run has closed (gorl.cli.main).
+_STOPPED_BY: list[int] = []
+
+
+def stop_signal() -> int | None:
+    """The signal that stopped training in this process, or None."""
+    return _STOPPED_BY[0] if _STOPPED_BY else None
 
 
 class FrameCheckpoint(ModelCheckpoint):
@@ -31,10 +45,18 @@ class FrameCheckpoint(ModelCheckpoint):
         every_decoder_rounds: decoder-fit rounds (``refinement.val_every`` steps each) between
             checkpoints during a refinement.
         dirpath: where checkpoints go (default: ``<log dir>/checkpoints``).
+        metrics_every_seconds: wall-clock seconds between writes of the loggers' buffered rows
+            (Lightning's CSV logger holds 100 rows, minutes of a run, that a kill would lose);
+            checked after every loop iteration. 30 s costs nothing measurable (an append to
+            ``metrics.csv``) and bounds what a ``kill -9`` loses to 30 s of rows; 0 = every iteration.
+
+    SIGINT (Ctrl-C) and SIGTERM stop the run at the end of the current iteration, where its state
+    is whole: ``last.ckpt`` is written, the run closes as usual (the per-stage table; ``[gorl]
+    stopped by SIGINT ...``) and the CLI exits 130 or 143. A second one exits at once, unsaved.
     """
 
     def __init__(self, every_frames: float = 1e6, every_minutes: float | None = 10.0, every_decoder_rounds: int = 10,
-                 dirpath: str | None = None) -> None:
+                 dirpath: str | None = None, metrics_every_seconds: float = 30.0) -> None:
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, save_on_train_epoch_end=False)
         if every_minutes is not None and every_minutes <= 0:
             from gorl.errors import ConfigError
@@ -46,6 +68,40 @@ class FrameCheckpoint(ModelCheckpoint):
         self._last_frames = 0
         self._last_time = time.monotonic()
         self._last_phase: tuple[int, str] | None = None
+        self.metrics_every_seconds = metrics_every_seconds
+        self._last_flush = time.monotonic()
+        self._signal: int | None = None
+        self._old_handlers: dict[int, object] = {}
+
+    # --- SIGINT / SIGTERM --------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._signal is not None:
+            sys.stderr.write(f"\ngorl: {name} again: exiting now, without a checkpoint\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self._signal = signum
+        sys.stderr.write(f"\ngorl: {name} received: stopping after this iteration with a checkpoint "
+                         f"({'Ctrl-C' if signum == signal.SIGINT else name} again to exit at once, unsaved)\n")
+        sys.stderr.flush()
+
+    def install_signal_handlers(self) -> None:
+        """Replace Lightning's handlers (its SIGINT path tears the run down without a checkpoint) for
+        the time of training; Lightning restores its own predecessors at teardown."""
+        _STOPPED_BY.clear()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_flush = time.monotonic()
+        if trainer.global_rank == 0 and hasattr(signal, "SIGTERM"):
+            self.install_signal_handlers()
 
     def _save_now(self, trainer: pl.Trainer) -> None:
         module = trainer.lightning_module
@@ -63,11 +119,21 @@ class FrameCheckpoint(ModelCheckpoint):
         decoder_due = fit is not None and fit.rounds > 0 and not fit.done and fit.rounds % self.every_decoder_rounds == 0
         timely = self.every_minutes is not None and time.monotonic() - self._last_time >= 60.0 * self.every_minutes
         due = st.frames - self._last_frames >= self.every_frames or phase != self._last_phase or decoder_due or timely
-        if due and st.phase != "done":
-            self._save_now(trainer)
+        if (due or self._signal is not None) and st.phase != "done":
+            self._save_now(trainer)  # flushes the loggers too (GoRLSystem.on_save_checkpoint)
             self._last_frames, self._last_phase, self._last_time = st.frames, phase, time.monotonic()
+            self._last_flush = time.monotonic()
+        if time.monotonic() - self._last_flush >= self.metrics_every_seconds:
+            for logger in trainer.loggers:
+                logger.save()
+            self._last_flush = time.monotonic()
+        if self._signal is not None:
+            _STOPPED_BY[:] = [self._signal]
+            pl_module.stopped_by = signal.Signals(self._signal).name
+            trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_signal_handlers()
         self._save_now(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import os
 import re
 import sys
@@ -50,12 +49,16 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning_utilities.core.rank_zero"):  # the name depends on import order
     logging.getLogger(_name).addFilter(lambda record: "Tip: For seamless cloud logging" not in record.getMessage())
 
-from gorl.callbacks import CurvesFigure, FrameCheckpoint  # noqa: E402
+from gorl.callbacks import CurvesFigure, FrameCheckpoint, stop_signal  # noqa: E402
 from gorl.distributions import ActionDistributionLogger  # noqa: E402
 from gorl.errors import CheckpointError, GoRLError  # noqa: E402
+from gorl.loop import LoopConfig  # noqa: E402
 from gorl.progress import GoRLProgressBar  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402
 from gorl.video import EpisodeVideo, VideoSettings, check_video_support  # noqa: E402
+
+# What a `gorl fit` with no config would train for (180M env frames).
+_DEFAULT_FRAMES = int(sum(LoopConfig().stages))
 
 TRAINER_DEFAULTS = {
     "max_epochs": -1,
@@ -131,37 +134,102 @@ def _logger_dirs(logger_cfg) -> tuple[Path, str] | None:
     return Path(args["save_dir"] or "."), str(args.get("name") or "")
 
 
-def resolve_checkpoint(ckpt_path: str, logger_cfg) -> tuple[Path, str | None]:
-    """The checkpoint file to resume from and, for ``last``, the run version it was found in."""
+# A run directory holding this file failed before training; ``--ckpt_path last`` skips it.
+FAILED_MARK = "FAILED"
+
+
+def run_identity(config: dict) -> dict:
+    """What makes two calls the same run: what is trained (``model``) and the seed. The rest of a
+    config (trainer, checkpoint cadence, logging, ``ckpt_path``) is how a run is carried out, and a
+    resumed run may change it."""
+    return {"model": config.get("model"), "seed_everything": config.get("seed_everything")}
+
+
+def _frames_reached(run_dir: Path) -> int | None:
+    """The largest ``loop/frames`` in a run's ``metrics.csv`` (None: no such row was written)."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    try:
+        frames = [float(r["loop/frames"]) for r in csv.DictReader(path.open()) if r.get("loop/frames")]
+    except (OSError, csv.Error, ValueError):
+        return None
+    return int(max(frames)) if frames else None
+
+
+def _loop_state(path: Path) -> dict:
+    from gorl.inference import read_checkpoint
+
+    return read_checkpoint(path, mmap=True)["gorl_loop"]["state"]
+
+
+def _last_of_this_run(root: Path, identity: dict | None, allow_done: bool) -> Path:
+    """``--ckpt_path last``: the newest checkpoint of the newest run of this config, where a run is a
+    directory under ``root`` whose ``config.yaml`` has the same :func:`run_identity`.
+
+    Only the newest such run is looked at: an older one is a different attempt, and resuming it
+    would silently drop what the newer one did. Calls that failed before training leave no
+    directory (:func:`main`) and ``gorl validate`` writes no ``config.yaml``, so neither is a run here.
+    """
+    import yaml
+
+    runs = []
+    for cfg_path in root.glob("*/config.yaml"):
+        if (cfg_path.parent / FAILED_MARK).exists():
+            continue
+        try:
+            saved = yaml.safe_load(cfg_path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(saved, dict) and (identity is None or run_identity(saved) == identity):
+            runs.append((cfg_path.stat().st_mtime, cfg_path.parent, saved))
+    if not runs:
+        raise CheckpointError(f"--ckpt_path last: no checkpoint under {root}/ of a run with this config (model and "
+                              "seed_everything as in a run's config.yaml); pass a checkpoint file to resume another run")
+    _, run_dir, saved = max(runs, key=lambda r: r[0])
+    path = run_dir / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        started = saved.get("ckpt_path")
+        if started and Path(started).is_file():
+            # A resumed part killed before its first checkpoint: its starting point is still the
+            # newest checkpoint of this run.
+            path = Path(started)
+        else:
+            frames = _frames_reached(run_dir)
+            reached = f"it reached {frames:,} env frames" if frames is not None else "no metrics rows were written"
+            raise CheckpointError(f"--ckpt_path last: the newest run of this config, {run_dir}, stopped before writing "
+                                  f"a checkpoint ({reached}); nothing to resume: start it again without --ckpt_path")
+    if not allow_done:
+        state = _loop_state(path)
+        if state.get("phase") == "done":
+            raise CheckpointError(f"--ckpt_path last: the newest run of this config, {run_dir}, finished (stage "
+                                  f"{state['stage']}, {int(state['frames']):,} env frames); nothing to resume: start a new "
+                                  "run without --ckpt_path, or extend it with a longer --model.loop.stages and its checkpoint path")
+    return path
+
+
+def resolve_checkpoint(ckpt_path: str, logger_cfg, identity: dict | None = None, allow_done: bool = False) -> tuple[Path, str | None]:
+    """The checkpoint file to resume from and, for ``last``, the run version it was found in.
+
+    ``last`` takes the newest run whose config has ``identity`` (:func:`_last_of_this_run`); a
+    finished one only with ``allow_done`` (``gorl validate`` scores a finished run; fit has nothing
+    left to do in one).
+    """
     version = None
     if ckpt_path == "last":
         dirs = _logger_dirs(logger_cfg)
         if dirs is None:
             raise CheckpointError("--ckpt_path last needs a CSV, TensorBoard or W&B logger with save_dir; pass the checkpoint file instead")
-        root = dirs[0] / dirs[1]
         # version_N for CSV/TensorBoard, the run id for W&B
-        found = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CheckpointError(f"--ckpt_path last: no checkpoint under {root}/*/checkpoints/")
-        path, version = found[-1], found[-1].parents[1].name
+        path = _last_of_this_run(dirs[0] / dirs[1], identity, allow_done)
+        version = path.parents[1].name
     else:
         path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        # weights_only: a checkpoint from elsewhere must not be able to run code; mmap: cheap check.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            raise CheckpointError(
-                f"checkpoint {path} holds Python objects other than tensors and plain containers; refusing to "
-                "unpickle it (weights_only=True: loading it could run code). GoRL never writes such checkpoints"
-            ) from None
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-    except Exception as err:  # noqa: BLE001  (any unreadable file is the same user-facing problem)
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict) or "gorl_loop" not in state:
-        raise CheckpointError(f"{path} is not a GoRL checkpoint")
+    from gorl.inference import read_checkpoint
+
+    read_checkpoint(path, mmap=True)
     return path, version
 
 
@@ -171,9 +239,30 @@ def _wandb_loggers(logger_cfg: Any) -> list[Namespace]:
     return [e for e in entries if isinstance(e, Namespace) and str(e.get("class_path", "")).endswith("WandbLogger")]
 
 
+# The run directory this call's ``gorl fit`` wrote its config.yaml into, and whether training started
+# there: a call that fails before then leaves no directory behind (:func:`_discard_untrained_run`).
+_THIS_CALL: dict[str, Any] = {"run_dir": None, "trained": False}
+
+
 class GoRLSaveConfig(SaveConfigCallback):
     """Also hands the full config to W&B, where runs are compared by it (CSV and TensorBoard runs
-    have ``config.yaml`` in their own directory already)."""
+    have ``config.yaml`` in their own directory already).
+
+    Only ``gorl fit`` writes ``config.yaml``: it is what marks a directory as a run that
+    ``--ckpt_path last`` may resume, and a ``gorl validate`` call is not one."""
+
+    def setup(self, trainer: Trainer, pl_module: GoRLSystem, stage: str) -> None:
+        if stage != "fit":
+            if trainer.is_global_zero and not self.already_saved:
+                self.save_config(trainer, pl_module, stage)
+                self.already_saved = True
+            return
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.save_to_log_dir and trainer.log_dir is not None:
+            _THIS_CALL["run_dir"] = Path(trainer.log_dir)
+
+    def on_train_start(self, trainer: Trainer, pl_module: GoRLSystem) -> None:
+        _THIS_CALL["trained"] = True
 
     def save_config(self, trainer: Trainer, pl_module: GoRLSystem, stage: str) -> None:
         for logger in trainer.loggers:
@@ -254,14 +343,23 @@ class GoRLCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything is built (Lightning's own hook loads it right here).
 
-        ``last`` picks the newest ``last.ckpt`` of this config's logger directory. The resumed run
+        ``last`` picks the newest checkpoint of this config's newest unfinished run
+        (:func:`resolve_checkpoint`). The resumed run
         logs into a new version directory: Lightning's CSV logger would delete an existing
         ``metrics.csv``, and nothing of a previous run may be lost.
         """
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
+        if sub == "validate" and not cfg.get("ckpt_path"):
+            # Without one, validate would score the freshly initialised policy and exit 0.
+            raise CheckpointError("gorl validate scores a trained policy: give --ckpt_path (a checkpoint file, or last "
+                                  "for the newest run of this config)")
         if cfg is not None and cfg.get("ckpt_path"):
-            path, version = resolve_checkpoint(str(cfg.ckpt_path), cfg.trainer.get("logger"))
+            import yaml
+
+            # This call's config as its run directory will hold it (config.yaml), to find earlier parts of the same run.
+            identity = run_identity(yaml.safe_load(self._parser(sub).dump(cfg, skip_none=False)))
+            path, version = resolve_checkpoint(str(cfg.ckpt_path), cfg.trainer.get("logger"), identity, allow_done=sub != "fit")
             cfg.ckpt_path = str(path)
             if cfg.get("weights_only", False) is None:
                 # Checkpoints hold only tensors and plain containers (tested), so loading never needs
@@ -321,6 +419,24 @@ def expand_defaults(argv: list[str]) -> list[str]:
     return out
 
 
+def _discard_untrained_run() -> None:
+    """A ``gorl fit`` that failed before training (a checkpoint that does not match, an env that
+    cannot be built) leaves no run directory: its ``config.yaml`` alone would clutter ``runs/`` and
+    look like a run to ``--ckpt_path last``. A directory that holds anything else (a fixed
+    ``version`` reused) is kept and marked failed instead."""
+    run_dir = _THIS_CALL["run_dir"]
+    if run_dir is None or _THIS_CALL["trained"] or not run_dir.is_dir():
+        return
+    own = {"config.yaml", "hparams.yaml", "metrics.csv", "checkpoints", "distributions"}
+    entries = list(run_dir.iterdir())
+    if all(e.name in own and (e.is_file() or e.name == "distributions" or not any(e.iterdir())) for e in entries) and not (run_dir / "checkpoints" / "last.ckpt").exists():
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        (run_dir / FAILED_MARK).write_text("this gorl fit failed before training; --ckpt_path last skips it\n")
+
+
 def _finish_wandb() -> None:
     """Close a W&B run explicitly: at interpreter exit its service may already be gone, and the
     offline run would miss its final records."""
@@ -361,6 +477,15 @@ def main(args: list[str] | None = None) -> None:
 
         bench(argv[1:])
         return
+    if argv[0] == "fit" and not any(a in ("-c", "--config", "-h", "--help", "--print_config") or a.startswith(("--config=", "--print_config="))
+                                    for a in argv[1:]):
+        # The built-in defaults are the paper's full plan; started by a bare command, it would run
+        # for a day or more on a CPU before anyone noticed. It is one --config away when wanted.
+        sys.stderr.write(f"gorl: error: no --config: the built-in defaults are the paper's full plan (cheetah-run, {_DEFAULT_FRAMES:,} "
+                         "env frames, about a day and a half on 2 CPU cores); try gorl fit --config conf/quickstart.yaml "
+                         "(150k frames, a few minutes), or name the plan you mean with --config (conf/*.yaml)\n")
+        sys.exit(2)
+    _THIS_CALL.update(run_dir=None, trained=False)  # main() may be called more than once in a process (tests)
     try:
         argv = expand_defaults(argv)
         if args is None:
@@ -376,18 +501,26 @@ def main(args: list[str] | None = None) -> None:
         )
         _finish_wandb()
     except GoRLError as err:
+        _discard_untrained_run()
         sys.stderr.write(f"gorl: error: {err}\n")
         sys.exit(2)
     except argparse.ArgumentError as err:
         sys.stderr.write(f"gorl: error: {one_line(str(err))}\n")
         sys.exit(2)
     except ValueError as err:
+        _discard_untrained_run()
         # A ConfigError raised while jsonargparse instantiates an Optional[...] group comes back
         # wrapped in its union report; anything else is a bug and keeps its traceback.
         if "Does not validate against any of the Union subtypes" not in str(err):
             raise
         sys.stderr.write(f"gorl: error: {one_line(str(err))}\n")
         sys.exit(2)
+    except BaseException:
+        _discard_untrained_run()
+        raise
+    signum = stop_signal()
+    if signum is not None:
+        sys.exit(128 + signum)  # the shell's convention for "ended by this signal": 130 for SIGINT, 143 for SIGTERM
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -145,6 +146,39 @@ class Policy:
         return path
 
 
+def read_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A GoRL checkpoint's contents, every failure as one :class:`CheckpointError` in our words.
+
+    Every path that loads a checkpoint (``gorl fit/validate --ckpt_path``, :func:`load_policy`,
+    ``gorl export``) comes through here. torch's own messages for a damaged file are written for
+    whoever *saved* it (e.g. "please torch.save your checkpoint with
+    ``_use_new_zipfile_serialization=True``"), which misleads someone who only holds a truncated copy.
+    ``weights_only``: a checkpoint from elsewhere must not be able to run code; ``mmap``: a cheap check.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects other than tensors and plain containers; refusing to "
+                "unpickle it (weights_only=True: loading it could run code). GoRL never writes such checkpoints"
+            ) from None
+        raise CheckpointError(_corrupt(path)) from None
+    except Exception:  # noqa: BLE001  (any unreadable file is the same user-facing problem)
+        raise CheckpointError(_corrupt(path)) from None
+    if not isinstance(state, dict) or "gorl_loop" not in state:
+        raise CheckpointError(f"{path} is not a GoRL checkpoint")
+    return state
+
+
+def _corrupt(path: Path) -> str:
+    return (f"checkpoint {path} is unreadable or corrupt: not a complete checkpoint file ({path.stat().st_size:,} bytes; "
+            "a copy cut short, a disk that filled up while it was written, or not a checkpoint at all); "
+            "use another one, e.g. an earlier run's checkpoints/last.ckpt")
+
+
 def load_policy(checkpoint: str | Path, device: str | torch.device = "cpu") -> Policy:
     """The acting policy of a GoRL checkpoint (``last.ckpt`` of any ``gorl fit``), built without an env.
 
@@ -153,14 +187,7 @@ def load_policy(checkpoint: str | Path, device: str | torch.device = "cpu") -> P
     act through their own chains.
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any unreadable file is the same user-facing problem)
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or "gorl_loop" not in ckpt:
-        raise CheckpointError(f"{path} is not a GoRL checkpoint")
+    ckpt = read_checkpoint(path)
     meta = ckpt.get(META_KEY)
     if meta is None:
         raise CheckpointError(f"{path} was written before checkpoints carried the policy's classes; resume it once "

@@ -249,8 +249,9 @@ class GoRLSystem(pl.LightningModule):
     def on_train_end(self) -> None:
         st = self.loop_state
         last = getattr(self, "last_eval_return", float("nan"))
+        stopped = getattr(self, "stopped_by", None)  # a signal (gorl.callbacks.FrameCheckpoint)
         rank_zero_info(
-            f"[gorl] finished stage {st.stage} ({st.phase}) after {st.frames:,} env frames "
+            f"[gorl] {f'stopped by {stopped} in' if stopped else 'finished'} stage {st.stage} ({st.phase}) after {st.frames:,} env frames "
             f"(+{st.collect_frames:,} for decoder data) in {time.perf_counter() - self._t_start:.0f} s; "
             f"final eval/return {last:.1f}"
         )

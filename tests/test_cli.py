@@ -81,6 +81,16 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, args, expected):
     assert not list(tmp_path.glob("runs/**/*.ckpt"))
 
 
+def test_validate_without_a_checkpoint_and_bare_fit_are_errors(tmp_path):
+    # validate used to score the untrained policy and exit 0; bare fit started the 180M-frame paper plan.
+    res = run_gorl("validate", "--config", str(CONF / "smoke.yaml"), cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("gorl: error: gorl validate scores a trained policy: give --ckpt_path")
+    res = run_gorl("fit", cwd=tmp_path, timeout=120)
+    line = res.stderr.strip()
+    assert res.returncode == 2 and line.startswith("gorl: error: no --config") and "180,000,000 env frames" in line and "conf/quickstart.yaml" in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_malformed_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  env: [\n")

@@ -30,13 +30,22 @@ def _phase_sequence(metrics: Path) -> list[tuple[int, int]]:
     return seq
 
 
-def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
+def _start_and_wait_for(marker: str, cwd: Path, plan: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """A real ``gorl fit`` in its own session (as a terminal's foreground job is), read up to ``marker``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gorl", "fit", *plan], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gorl", "fit", *plan], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
+    seen = []
     for line in proc.stdout:
+        seen.append(line)
         if marker in line or time.time() > deadline:
             break
+    return proc, seen
+
+
+def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
+    proc, _ = _start_and_wait_for(marker, cwd, plan)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -100,10 +109,90 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(corrupt), cwd=tmp_path, timeout=120)
-    assert res.returncode != 0 and "is unreadable or corrupt" in res.stderr.strip().splitlines()[-1]
+    assert res.returncode != 0 and "is unreadable or corrupt: not a complete checkpoint file" in res.stderr.strip().splitlines()[-1]
+    # Our words, in every path that loads one: not torch's advice to whoever saved the file.
+    from gorl import load_policy
+    from gorl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as info:
+        load_policy(corrupt)
+    for message in (res.stderr, str(info.value)):
+        assert "not a complete checkpoint file" in message and "torch.save" not in message and "zipfile" not in message
     res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder.critic_hidden", "[8]", "--ckpt_path", str(good), cwd=tmp_path, timeout=120)
     assert res.returncode != 0 and "does not match this config" in res.stderr.strip().splitlines()[-1]
     assert "Traceback" not in res.stderr
+    # That call failed before training: it leaves no run directory for `--ckpt_path last` to find.
+    assert sorted(p.name for p in (tmp_path / "runs" / "gorl").iterdir()) == ["version_0"]
+    # Nor does scoring a checkpoint make a run: validate writes no config.yaml.
+    res = run_gorl("validate", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(good), cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [p.parent.name for p in tmp_path.glob("runs/gorl/*/config.yaml")] == ["version_0"]
+
+
+# One long stage with no frame, clock or phase checkpoint in reach: only a signal or the end writes one.
+LONG = [*PLAN, "--model.loop.stages", "[1e7]", "--checkpoint.every_frames", "1e9", "--checkpoint.every_minutes", "null",
+        "--curves", "false"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_writes_a_checkpoint_and_the_closing_lines_then_exits_non_zero(tmp_path, signum, code):
+    proc, seen = _start_and_wait_for("[gorl] stage 0 | frames", tmp_path, LONG)
+    # To the whole process group, as Ctrl-C in a terminal does (env workers included).
+    os.killpg(proc.pid, signum)
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(seen) + rest
+    assert proc.returncode == code, out[-3000:]
+    name = signal.Signals(signum).name
+    # The closing line (the per-stage table follows it once a stage has finished).
+    assert f"[gorl] stopped by {name} in stage 0 (encoder) after " in out and "final eval/return" in out, out[-3000:]
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    state = torch.load(ckpt, weights_only=True)["gorl_loop"]["state"]
+    assert state["phase"] == "encoder" and state["frames"] > 0
+    assert "Traceback" not in out
+
+
+def test_a_second_ctrl_c_exits_at_once():
+    code = ("import os, signal\n"
+            "from gorl.callbacks import FrameCheckpoint\n"
+            "FrameCheckpoint().install_signal_handlers()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "print('first: still running', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "print('second: still running', flush=True)\n")
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 130 and "first: still running" in res.stdout and "second" not in res.stdout
+    assert "SIGINT again: exiting now" in res.stderr
+
+
+def test_metrics_rows_survive_a_kill(tmp_path):
+    # Flushed every iteration here (metrics_every_seconds 0, instead of 30 s), and no checkpoint
+    # (which flushes too) before the kill: the rows on disk are the periodic flush's.
+    _kill_when("[gorl] stage 0 | frames 1,280", tmp_path, [*LONG, "--checkpoint.metrics_every_seconds", "0"])
+    assert not list(tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+    rows = list(csv.DictReader(next(tmp_path.glob("runs/gorl/version_0/metrics.csv")).open()))
+    frames = [float(r["loop/frames"]) for r in rows if r.get("loop/frames")]
+    # 128 frames per iteration: every iteration before the one that printed the marker is there.
+    assert frames and max(frames) >= 1152 and any(r.get("eval/return") for r in rows)
+
+
+def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path):
+    smoke = ["--config", str(CONF / "smoke.yaml"), "--curves", "false"]
+    assert run_gorl("fit", *smoke, cwd=tmp_path).returncode == 0
+    # A finished run is not "resumed" (that printed "finished ... in 0 s" and exited 0).
+    res = run_gorl("fit", *smoke, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and last.startswith("gorl: error:") and "finished (stage 2, 1,024 env frames)" in last
+    # Another config's run killed before its first checkpoint: `last` names it, with the frames it
+    # reached, rather than resuming the finished run of another config above.
+    plan = [*LONG, "--checkpoint.metrics_every_seconds", "0"]
+    _kill_when("[gorl] stage 0 | frames 1,280", tmp_path, plan)
+    res = run_gorl("fit", *plan, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and last.startswith("gorl: error:") and "version_1, stopped before writing a checkpoint (it reached" in last
+    assert "resuming" not in res.stderr
+    # The finished run's config still finds its own run, not the newer one of another config.
+    res = run_gorl("fit", *smoke, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "runs/gorl/version_0, finished" in res.stderr.strip().splitlines()[-1]
 
 
 class _RunsCode:
