@@ -317,6 +317,11 @@ class GoRLCLI(LightningCLI):
             self.video_settings = VideoSettings() if video is True else VideoSettings(**video.as_dict())
             os.environ["MUJOCO_GL"] = _USER_GL or "egl"
             check_video_support(cfg.model.env.task, cfg.model.env.get("factory"))
+        if self.subcommand == "validate" and not cfg.get("ckpt_path"):
+            # Without one, validate would score the freshly initialised policy and exit 0. Checked
+            # after the settings above, whose errors say more about what the call asked for.
+            raise CheckpointError("gorl validate scores a trained policy: give --ckpt_path (a checkpoint file, or last "
+                                  "for the newest run of this config)")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's default progress bar, if it added one, becomes GoRL's (frames, not batches);
@@ -350,10 +355,6 @@ class GoRLCLI(LightningCLI):
         """
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
-        if sub == "validate" and not cfg.get("ckpt_path"):
-            # Without one, validate would score the freshly initialised policy and exit 0.
-            raise CheckpointError("gorl validate scores a trained policy: give --ckpt_path (a checkpoint file, or last "
-                                  "for the newest run of this config)")
         if cfg is not None and cfg.get("ckpt_path"):
             import yaml
 

@@ -25,6 +25,7 @@ import importlib
 import pickle
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,9 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        # torch writes checkpoints as zip archives: a file that is not one is damaged (or no checkpoint),
+        # not a checkpoint holding objects the weights-only loader refuses.
+        if "Weights only load failed" in str(err) and zipfile.is_zipfile(path):
             raise CheckpointError(
                 f"checkpoint {path} holds Python objects other than tensors and plain containers; refusing to "
                 "unpickle it (weights_only=True: loading it could run code). GoRL never writes such checkpoints"
