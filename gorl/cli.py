@@ -258,8 +258,9 @@ class GoRLSaveConfig(SaveConfigCallback):
                 self.already_saved = True
             return
         super().setup(trainer, pl_module, stage)
-        if trainer.is_global_zero and self.save_to_log_dir and trainer.log_dir is not None:
-            _THIS_CALL["run_dir"] = Path(trainer.log_dir)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
+        if trainer.is_global_zero and self.save_to_log_dir and log_dir is not None:
+            _THIS_CALL["run_dir"] = Path(log_dir)
 
     def on_train_start(self, trainer: Trainer, pl_module: GoRLSystem) -> None:
         _THIS_CALL["trained"] = True
