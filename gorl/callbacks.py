@@ -100,8 +100,8 @@ class FrameCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_flush = time.monotonic()
-        if trainer.global_rank == 0 and hasattr(signal, "SIGTERM"):
-            self.install_signal_handlers()
+        if hasattr(signal, "SIGTERM"):
+            self.install_signal_handlers()  # every rank: a Ctrl-C reaches the whole process group
 
     def _save_now(self, trainer: pl.Trainer) -> None:
         module = trainer.lightning_module
@@ -119,7 +119,13 @@ class FrameCheckpoint(ModelCheckpoint):
         decoder_due = fit is not None and fit.rounds > 0 and not fit.done and fit.rounds % self.every_decoder_rounds == 0
         timely = self.every_minutes is not None and time.monotonic() - self._last_time >= 60.0 * self.every_minutes
         due = st.frames - self._last_frames >= self.every_frames or phase != self._last_phase or decoder_due or timely
-        if (due or self._signal is not None) and st.phase != "done":
+        stop = self._signal is not None
+        if trainer.world_size > 1:
+            # Saving is collective (a barrier): every rank must take the same decision, although
+            # clocks and signals are per process.
+            due = trainer.strategy.reduce_boolean_decision(due, all=False)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if (due or stop) and st.phase != "done":
             self._save_now(trainer)  # flushes the loggers too (GoRLSystem.on_save_checkpoint)
             self._last_frames, self._last_phase, self._last_time = st.frames, phase, time.monotonic()
             self._last_flush = time.monotonic()
@@ -127,9 +133,10 @@ class FrameCheckpoint(ModelCheckpoint):
             for logger in trainer.loggers:
                 logger.save()
             self._last_flush = time.monotonic()
-        if self._signal is not None:
-            _STOPPED_BY[:] = [self._signal]
-            pl_module.stopped_by = signal.Signals(self._signal).name
+        if stop:
+            signum = self._signal if self._signal is not None else signal.SIGINT  # another rank's signal
+            _STOPPED_BY[:] = [signum]
+            pl_module.stopped_by = signal.Signals(signum).name
             trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
