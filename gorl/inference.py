@@ -14,8 +14,9 @@ The chain, top to bottom (:class:`ActingChain`)::
         -> action = low + (tanh(pre_tanh) + 1) (high - low) / 2
 
 ``gorl export --ckpt_path C --out policy.pt`` writes the same chain as TorchScript: it loads with
-``torch.jit.load`` and nothing else, and is called as ``module(obs, noise)`` with ``obs`` of shape
-``[n, obs_dim]`` and ``noise`` of shape ``[n, act_dim]`` (zeros for the deterministic policy).
+``torch.jit.load`` and nothing else, and is called as ``module(obs)`` (deterministic) or
+``module(obs, noise)``, with ``obs`` of shape ``[obs_dim]`` or ``[n, obs_dim]`` and ``noise`` shaped like
+the actions.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -80,6 +82,36 @@ class ActingChain(nn.Module):
         return self.squash(pre_tanh)
 
 
+def _as_array(value: Any, what: str) -> np.ndarray | torch.Tensor:
+    """A tensor stays a tensor (on its device); anything else becomes a NumPy array."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be a NumPy array, a torch tensor or a nested list of numbers, got {type(value).__name__} ({err})") from None
+
+
+def flatten_observation(obs: Mapping[str, Any], obs_dim: int) -> np.ndarray:
+    """A dm_control observation dict as the flat vector the policy was trained on.
+
+    The training env (:mod:`gorl.envs.dmc`) writes every entry of dm_control's ``OrderedDict``, in
+    the dict's own order, flattened row-major, into one vector: this does the same. A dict of
+    batched entries (each ``[n, ...]``) gives ``[n, obs_dim]``.
+    """
+    entries = [np.asarray(v, dtype=np.float64) for v in obs.values()]
+    shapes = {k: tuple(np.shape(v)) for k, v in zip(obs.keys(), entries)}
+    if sum(e.size for e in entries) == obs_dim:
+        return np.concatenate([e.reshape(-1) for e in entries])
+    leading = {e.shape[0] for e in entries if e.ndim >= 1}
+    if len(leading) == 1 and all(e.ndim >= 1 for e in entries):
+        n = leading.pop()
+        if sum(e.size // max(n, 1) for e in entries) == obs_dim and n > 0:
+            return np.concatenate([e.reshape(n, -1) for e in entries], axis=1)
+    raise ValueError(f"observation dict with entries {shapes} flattens to {sum(e.size for e in entries)} values: this policy "
+                     f"takes {obs_dim} per observation (dm_control's entries, in order, flattened)")
+
+
 class Policy:
     """A trained GoRL policy, ready to act: ``policy.act(obs)``.
 
@@ -94,24 +126,45 @@ class Policy:
         self.chain, self.obs_dim, self.act_dim, self.stage, self.task, self.device = chain, obs_dim, act_dim, stage, task, device
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True, noise: np.ndarray | torch.Tensor | None = None,
-            generator: torch.Generator | None = None) -> np.ndarray | torch.Tensor:
+    def act(self, obs: np.ndarray | torch.Tensor | Mapping[str, Any], deterministic: bool = True,
+            noise: np.ndarray | torch.Tensor | None = None, generator: torch.Generator | None = None) -> np.ndarray | torch.Tensor:
         """Actions in the env's bounds for one observation ``[obs_dim]`` or a batch ``[n, obs_dim]``.
 
-        NumPy in, NumPy out; torch in, torch out (on the input's device). ``deterministic`` acts
-        with the latent mean; otherwise the latent is ``loc + scale * noise`` with ``noise`` given,
-        or drawn from N(0, I) (with ``generator`` if given).
+        ``obs``: a NumPy array, a torch tensor (any float or int dtype; computed in float32) or a
+        dm_control observation dict (:func:`flatten_observation`). NumPy (or a dict) in, NumPy out;
+        torch in, a detached torch tensor out, on the input's device. ``deterministic`` acts with the
+        latent mean; otherwise the latent is ``loc + scale * noise`` with ``noise`` given (shaped like
+        the actions), or drawn from N(0, I) (with ``generator`` if given).
+
+        Raises:
+            ValueError: a wrong shape (the message names the expected and the received shape), or an
+                observation or noise with NaN or infinite values: a policy fed those would act on them
+                silently.
         """
-        as_numpy = not isinstance(obs, torch.Tensor)
-        out_device = None if as_numpy else obs.device
-        x = torch.as_tensor(np.asarray(obs) if as_numpy else obs, dtype=torch.float32).to(self.device)
-        single = x.dim() == 1
+        if isinstance(obs, Mapping):
+            obs = flatten_observation(obs, self.obs_dim)
+        raw = _as_array(obs, "observation")
+        as_numpy = not isinstance(raw, torch.Tensor)
+        out_device = None if as_numpy else raw.device
+        shape = tuple(raw.shape)
+        if len(shape) not in (1, 2) or shape[-1] != self.obs_dim:
+            raise ValueError(f"observation of shape {shape}: this policy takes [{self.obs_dim}] or [n, {self.obs_dim}]")
+        x = torch.as_tensor(raw).to(self.device, torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            rows = torch.nonzero(~torch.isfinite(x.reshape(-1, self.obs_dim)).all(-1)).flatten().tolist()
+            where = "" if len(shape) == 1 else f" (rows {rows[:5]}{'...' if len(rows) > 5 else ''})"
+            raise ValueError(f"observation has NaN or infinite values{where}: refusing to act on it")
+        single = len(shape) == 1
         x = x.unsqueeze(0) if single else x
-        if x.dim() != 2 or x.shape[-1] != self.obs_dim:
-            raise ValueError(f"observation of shape {tuple(x.shape[1:] if not single else x.shape[1:])}: this policy takes [{self.obs_dim}] or [n, {self.obs_dim}]")
+        want = (self.act_dim,) if single else (x.shape[0], self.act_dim)
         if noise is not None:
-            eps = torch.as_tensor(np.asarray(noise) if not isinstance(noise, torch.Tensor) else noise, dtype=torch.float32).to(self.device)
-            eps = eps.reshape(x.shape[0], self.act_dim)
+            raw_noise = _as_array(noise, "noise")
+            if tuple(raw_noise.shape) != want:
+                raise ValueError(f"noise of shape {tuple(raw_noise.shape)}: observations of shape {shape} take noise of shape "
+                                 f"{list(want)} (one latent draw per action dimension)")
+            eps = torch.as_tensor(raw_noise).to(self.device, torch.float32).reshape(x.shape[0], self.act_dim)
+            if not bool(torch.isfinite(eps).all()):
+                raise ValueError("noise has NaN or infinite values")
         elif deterministic:
             eps = torch.zeros(x.shape[0], self.act_dim, device=self.device)
         else:
@@ -123,7 +176,12 @@ class Policy:
     __call__ = act
 
     def export(self, path: str | Path) -> Path:
-        """Write the acting chain as TorchScript (``torch.jit.load(path)(obs, noise)``)."""
+        """Write the acting chain as TorchScript: ``torch.jit.load(path)(obs)`` or ``(obs, noise)``.
+
+        The traced chain sits inside a scripted :class:`ExportedPolicy`, which checks shapes and
+        finiteness, casts to float32, accepts one observation or a batch, and returns a tensor that
+        does not require grad (``.numpy()`` works on it).
+        """
         path = Path(path)
         import lightning.pytorch as pl
 
@@ -142,9 +200,43 @@ class Policy:
         finally:
             for m in lightning_modules:
                 m._jit_is_scripting = False
+        scripted = torch.jit.script(ExportedPolicy(traced, self.obs_dim, self.act_dim))
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(scripted, str(path))
         return path
+
+
+class ExportedPolicy(nn.Module):
+    """The exported policy's entry point (scripted around the traced :class:`ActingChain`).
+
+    The traced chain alone accepts exactly what it was traced with; a float64 or wrong-width input
+    fails deep inside with the interpreter's generic "operation failed" report. This wrapper checks
+    the input first and says what it expected, in TorchScript, so the file still needs only torch.
+    """
+
+    def __init__(self, chain: nn.Module, obs_dim: int, act_dim: int) -> None:
+        super().__init__()
+        self.chain, self.obs_dim, self.act_dim = chain, obs_dim, act_dim
+
+    def forward(self, obs: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        single = obs.dim() == 1
+        if obs.dim() not in (1, 2) or obs.shape[-1] != self.obs_dim:
+            raise ValueError("observation of shape {}: this policy takes [{}] or [n, {}]".format(list(obs.shape), self.obs_dim, self.obs_dim))
+        x = obs.to(torch.float32)
+        if single:
+            x = x.unsqueeze(0)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("observation has NaN or infinite values: refusing to act on it")
+        if noise is None:
+            eps = torch.zeros(x.shape[0], self.act_dim, dtype=torch.float32, device=x.device)
+        else:
+            want = [self.act_dim] if single else [x.shape[0], self.act_dim]
+            if list(noise.shape) != want:
+                raise ValueError("noise of shape {}: observations of shape {} take noise of shape {}".format(list(noise.shape), list(obs.shape), want))
+            eps = noise.to(torch.float32).reshape(x.shape[0], self.act_dim)
+        with torch.no_grad():
+            action = self.chain(x, eps)
+        return action[0] if single else action
 
 
 def read_checkpoint(path: Path, mmap: bool = False) -> dict:

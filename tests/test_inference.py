@@ -21,6 +21,21 @@ from tests.conftest import CONF, run_gorl
 from tests.test_loop import smoke_system
 
 
+_TRAINED: dict = {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``trained(stop_stage, sac)``: one training per setting in this module, shared by its tests."""
+    def get(stop_stage: int | None, sac: bool = False):
+        key = (stop_stage, sac)
+        if key not in _TRAINED:
+            _TRAINED[key] = _trained(tmp_path_factory.mktemp("trained"), stop_stage, sac)
+        return _TRAINED[key]
+    yield get
+    _TRAINED.clear()
+
+
 def _trained(tmp_path, stop_stage: int | None, sac: bool = False):
     system = smoke_system()
     if sac:
@@ -52,8 +67,8 @@ def _framework_actions(system, obs: torch.Tensor, deterministic: bool, seed: int
 
 
 @pytest.mark.parametrize("stop_stage,sac", [(0, False), (None, False), (None, True)], ids=["ppo-stage0", "ppo-refitted", "sac-refitted"])
-def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, stop_stage, sac):
-    system, path = _trained(tmp_path, stop_stage, sac)
+def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, trained, stop_stage, sac):
+    system, path = trained(stop_stage, sac)
     expected_stage = system.loop_state.stage
     assert (expected_stage == 0) == (stop_stage == 0)
     policy = gorl.load_policy(path)
@@ -100,3 +115,73 @@ def test_gorl_export_cli_writes_a_plain_torch_file(tmp_path):
     assert action.shape == (3, 1) and torch.isfinite(action).all()
     res = run_gorl("export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "q.pt"), cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip().startswith("gorl: error: checkpoint") and "does not exist" in res.stderr
+
+
+def test_policy_api_takes_what_users_hold_and_refuses_what_it_cannot_act_on(tmp_path, trained):
+    """NumPy or torch, float32 or float64, one observation or a batch, or a dm_control observation
+    dict; detached outputs; a wrong shape or a NaN is one error naming what was expected."""
+    from collections import OrderedDict
+
+    system, path = trained(None, False)
+    policy = gorl.load_policy(path)
+    n, d, a = 3, policy.obs_dim, policy.act_dim
+    obs = torch.randn(n, d)
+    want = policy.act(obs)
+    assert isinstance(want, torch.Tensor) and not want.requires_grad and want.shape == (n, a)
+    # float64, NumPy, lists, int dtypes: computed in float32, same actions.
+    assert torch.allclose(policy.act(obs.double()), want, atol=1e-6)
+    got = policy.act(obs.numpy().astype(np.float64))
+    assert isinstance(got, np.ndarray) and np.allclose(got, want.numpy(), atol=1e-6)
+    assert np.allclose(policy.act(obs[0].tolist()), want[0].numpy(), atol=1e-6)
+    assert policy.act(np.zeros(d, dtype=np.int64)).shape == (a,)
+    # A dm_control observation dict, flattened in the dict's order, single or batched entries.
+    split = OrderedDict(first=obs[0, :1].numpy().astype(np.float64), rest=obs[0, 1:].numpy().reshape(1, d - 1))
+    assert np.allclose(policy.act(split), want[0].numpy(), atol=1e-6)
+    batched = OrderedDict(first=obs[:, :1].numpy(), rest=obs[:, 1:].numpy())
+    assert np.allclose(policy.act(batched), want.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match=rf"entries \{{'x': \(2, {d + 1}\)\}} flattens to {2 * d + 2} values: this policy takes {d}"):
+        policy.act({"x": np.zeros((2, d + 1))})
+    # Wrong shapes name the received shape and the expected one.
+    with pytest.raises(ValueError, match=rf"observation of shape \(3, {d + 1}\): this policy takes \[{d}\] or \[n, {d}\]"):
+        policy.act(np.zeros((3, d + 1)))
+    with pytest.raises(ValueError, match=rf"observation of shape \(2, 3, {d}\)"):
+        policy.act(np.zeros((2, 3, d)))
+    with pytest.raises(ValueError, match=rf"noise of shape \(5,\): observations of shape \(3, {d}\) take noise of shape \[3, {a}\]"):
+        policy.act(obs, deterministic=False, noise=np.zeros(5))
+    # Non-finite observations raise instead of acting.
+    bad = obs.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(rows \[1\]\)"):
+        policy.act(bad)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        policy.act(np.full(d, np.inf))
+
+    # The exported TorchScript: the same rules, in TorchScript, with outputs that .numpy() takes.
+    module = torch.jit.load(str(policy.export(tmp_path / "policy.pt")))
+    out = module(obs)
+    assert not out.requires_grad and np.allclose(out.numpy(), want.numpy(), atol=1e-6)
+    assert torch.allclose(module(obs.double()), want, atol=1e-6)
+    assert torch.allclose(module(obs[0]), want[0], atol=1e-6)
+    assert torch.allclose(module(obs, torch.zeros(n, a)), want, atol=1e-6)
+    for call, message in [(lambda: module(torch.zeros(3, d + 1)), f"observation of shape [3, {d + 1}]: this policy takes [{d}] or [n, {d}]"),
+                          (lambda: module(obs, torch.zeros(5)), f"noise of shape [5]: observations of shape [3, {d}] take noise of shape [3, {a}]"),
+                          (lambda: module(bad), "observation has NaN or infinite values")]:
+        with pytest.raises(Exception) as info:
+            call()
+        assert message in str(info.value)
+
+
+def test_dm_control_observation_dicts_flatten_as_the_training_env_does():
+    """``flatten_observation`` (what ``Policy.act`` does with a dict) gives the training env's vector
+    for a real dm_control observation with several entries of different shapes."""
+    from dm_control import suite
+
+    from gorl.envs.factory import EnvConfig, make_env
+    from gorl.inference import flatten_observation
+
+    env = make_env(EnvConfig(task="walker-walk", num_envs=1), seed=7)  # orientations [14], height [], velocity [9]
+    ours = env.reset()["observation"][0].numpy()
+    raw = suite.load("walker", "walk", task_kwargs={"random": 7}).reset().observation
+    assert len(raw) == 3 and np.ndim(raw["height"]) == 0
+    assert np.allclose(flatten_observation(raw, len(ours)), ours, atol=1e-6)
+    env.close()
