@@ -21,21 +21,19 @@ the actions.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import pickle
-import sys
 import warnings
 import zipfile
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from gorl.errors import CheckpointError, GoRLError
+from gorl.errors import CheckpointError
 
 META_KEY = "gorl_policy"
 
@@ -305,19 +303,3 @@ def load_policy(checkpoint: str | Path, device: str | torch.device = "cpu") -> P
     squash = ActionSquash(state["squash.low"], state["squash.high"])
     chain = ActingChain(head, decoder, squash).to(device).eval()
     return Policy(chain, obs_dim, act_dim, stage, meta.get("task", ""), device)
-
-
-def export_main(argv: list[str]) -> None:
-    """``gorl export --ckpt_path C --out policy.pt``."""
-    p = argparse.ArgumentParser(prog="gorl export", description="Write a checkpoint's acting policy as TorchScript "
-                                "(load: torch.jit.load(out); act: module(obs [n, obs_dim], noise [n, act_dim]), noise = 0 is deterministic).")
-    p.add_argument("--ckpt_path", required=True, help="a GoRL checkpoint (e.g. runs/gorl/version_0/checkpoints/last.ckpt)")
-    p.add_argument("--out", required=True, help="where to write the TorchScript file")
-    args = p.parse_args(argv)
-    try:
-        policy = load_policy(args.ckpt_path)
-        out = policy.export(args.out)
-    except GoRLError as err:
-        sys.stderr.write(f"gorl: error: {err}\n")
-        sys.exit(2)
-    print(f"gorl: wrote {out} (stage {policy.stage} policy of {policy.task}: obs [n, {policy.obs_dim}] + noise [n, {policy.act_dim}] -> action)")
