@@ -203,6 +203,9 @@ def main(args: list[str] | None = None) -> None:
     THIS_CALL.update(run_dir=None, trained=False)  # main() may be called more than once in a process (tests)
     try:
         argv = expand_defaults(argv)
+        from gorl.config_check import check_argv
+
+        check_argv(argv[0], argv[1:])
     except GoRLError as err:
         sys.stderr.write(f"gorl: error: {err}\n")
         sys.exit(2)

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from gorl.cli import expand_defaults
+from gorl.config_check import check_argv
+
 from tests.conftest import CONF, ROOT, run_gorl
 
 
@@ -63,13 +66,16 @@ def test_bring_your_own_env_config_runs(tmp_path):
     "args, expected",
     [
         (["--model.env.task", "cheetah-fly"], "unknown dm_control task 'cheetah-fly'; valid tasks: acrobot-swingup"),
-        (["--model.encoder.lrr", "1"], "model.encoder: Option 'lrr' is not accepted"),
+        (["--model.encoder.lrr", "1"], "unknown option --model.encoder.lrr: EncoderModule takes no argument 'lrr'; did you mean lr?"),
+        (["--model.decoder.init_args.hiden", "[8]"], "FlowDecoder takes no argument 'hiden'; did you mean hidden?"),
         (["--model.env.num_envs", "abc"], "model.env.num_envs: expected int, got 'abc'"),
         (["--model.encoder.init_args.lr", "fast"], "model.encoder.lr: expected float or list[float], got 'fast'"),
         (["--model.refinement.steps", "many"], "model.refinement.steps: expected int, got 'many'"),
         (["--model.decoder", "gorl.decoders.Nope"], "valid: gorl.decoders.IdentityDecoder"),
         (["--model.loop.stages", "[]"], "loop.stages must be a non-empty list"),
-        (["--trainer.max_epochz", "3"], "unrecognized arguments"),
+        (["--trainer.max_epochz", "3"], "unknown option --trainer.max_epochz; did you mean --trainer.max_epochs?"),
+        (["--model.loop.stagez", "[3]"], "unknown option --model.loop.stagez; did you mean --model.loop.stages?"),
+        (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, args, expected):
@@ -112,6 +118,46 @@ def test_every_experiment_config_parses():
         with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as exit_info:
             main(["fit", "--config", str(path), "--print_config"])
         assert exit_info.value.code in (0, None), path
+        # The quick checks before the parser accept every shipped config too (no false alarms).
+        check_argv("fit", expand_defaults(["--config", str(path)]))
+
+
+def test_config_keys_are_current():
+    """gorl/config_keys.py is what the parser accepts today: regenerate with python -m gorl.config_check --write."""
+    import gorl.config_keys
+    from gorl.config_check import build_schema, render
+
+    assert Path(gorl.config_keys.__file__).read_text() == render(build_schema())
+
+
+@pytest.mark.parametrize("args", [
+    ["--trainer.max_epochz", "3"], ["--model.loop.stagez", "[3]"], ["--model.env.task", "cheetah-fly"],
+    ["--model.encoder.lrr", "1"], ["--model.encoder.init_args.lrr", "1"], ["--model.decoder.hiden", "[8]"],
+    ["--config", "BAD_KEY"], ["--config", "BAD_INIT_ARG"],
+])
+def test_quick_checks_reject_only_what_the_parser_rejects(tmp_path, args):
+    """Each input the light checks refuse (in a fraction of a second) is refused by the full parser
+    as well: run both on it."""
+    import contextlib
+    import io
+
+    from gorl.config_check import full_parser
+    from gorl.errors import GoRLError
+
+    (tmp_path / "bad_key.yaml").write_text("model:\n  loop:\n    stagess: [3]\n")
+    (tmp_path / "bad_init_arg.yaml").write_text("model:\n  encoder:\n    class_path: gorl.encoders.EncoderModule\n    init_args:\n      lrr: 1\n")
+    args = [str(tmp_path / f"{a.lower()}.yaml") if a.startswith("BAD_") else a for a in args]
+    argv = expand_defaults(["--config", str(CONF / "smoke.yaml"), *args])
+    with pytest.raises(GoRLError):
+        check_argv("fit", argv)
+    parser = full_parser()
+    with contextlib.redirect_stderr(io.StringIO()), pytest.raises(BaseException) as info:
+        cfg = parser.parse_args(["fit", *argv])
+        init = parser.instantiate_classes(cfg)  # the task is checked when the system is built
+        init.fit.model.setup("fit")
+    import argparse
+
+    assert isinstance(info.value, (argparse.ArgumentError, GoRLError)), repr(info.value)
 
 
 def test_help_lists_only_working_subcommands_each_with_a_line(tmp_path):
@@ -122,3 +168,22 @@ def test_help_lists_only_working_subcommands_each_with_a_line(tmp_path):
     for name in ("test", "predict"):
         res = run_gorl(name, "--config", str(CONF / "smoke.yaml"), cwd=tmp_path, timeout=120)
         assert res.returncode == 2 and res.stderr.strip() == f"gorl: error: unknown subcommand {name!r}; valid: fit, validate, bench, export (gorl --help)"
+
+
+def test_help_and_quick_config_errors_import_no_torch(tmp_path):
+    """gorl --help, gorl export --help and the quick config checks answer before torch, Lightning or
+    an env is imported (the import alone is seconds; benchmarks/cli_latency.py measures the calls)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom gorl.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "heavy = sorted(m for m in ('torch', 'lightning', 'torchrl', 'dm_control', 'jax') if m in sys.modules)\n"
+             "print('HEAVY', heavy)\n")
+    cases = [["--help"], ["export", "--help"], ["fit"], ["fit", "--config", str(CONF / "smoke.yaml"), "--trainer.max_epochz", "3"],
+             ["fit", "--config", str(CONF / "smoke.yaml"), "--model.env.task", "cheetah-fly"],
+             ["fit", "--config", str(CONF / "hopper.yaml"), "--model.encoder.init_args.lrr", "1"], ["fit", "--config", "nope.yaml"]]
+    for args in cases:
+        res = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                             env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+        assert "HEAVY []" in res.stdout, (args, res.stdout[-500:], res.stderr[-1000:])
