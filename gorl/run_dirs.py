@@ -53,7 +53,7 @@ def _frames_reached(run_dir: Path) -> int | None:
     return int(max(frames)) if frames else None
 
 
-def _loop_state(path: Path) -> dict:
+def loop_state(path: Path) -> dict:
     from gorl.inference import read_checkpoint
 
     return read_checkpoint(path, mmap=True)["gorl_loop"]["state"]
@@ -96,7 +96,7 @@ def _last_of_this_run(root: Path, identity: dict | None, allow_done: bool) -> Pa
             raise CheckpointError(f"--ckpt_path last: the newest run of this config, {run_dir}, stopped before writing "
                                   f"a checkpoint ({reached}); nothing to resume: start it again without --ckpt_path")
     if not allow_done:
-        state = _loop_state(path)
+        state = loop_state(path)
         if state.get("phase") == "done":
             raise CheckpointError(f"--ckpt_path last: the newest run of this config, {run_dir}, finished (stage "
                                   f"{state['stage']}, {int(state['frames']):,} env frames); nothing to resume: start a new "

@@ -30,3 +30,21 @@ def test_without_matplotlib_it_is_one_line_and_no_failure(tmp_path, monkeypatch)
     CurvesFigure().on_train_end(trainer, SimpleNamespace())
     assert not (tmp_path / "r" / "version_0" / "curves.png").exists()
     assert len(said) == 1 and "curves.png skipped: matplotlib is not installed" in said[0]
+
+
+def test_the_train_line_never_spans_a_stage():
+    """A stage in which no training episode ended has no train/return rows: the line breaks at every
+    stage start instead of carrying the last value (or a straight segment) across it."""
+    import numpy as np
+
+    from gorl.analysis.plots import plot_learning_curve, train_points
+
+    nan = np.nan
+    metrics = {"loop/frames": np.array([1, 2, 3, 4, 5, 6, 7, 8], dtype=float),
+               "loop/stage": np.array([0, 0, 0, 1, 1, 2, 2, 2], dtype=float),
+               "train/return": np.array([10, 11, nan, nan, nan, nan, 30, 31]),
+               "eval/return": np.array([5, 5, 6, 6, 7, 7, 8, 8], dtype=float)}
+    xs, ys = train_points(metrics)
+    assert np.array_equal(xs, [1, 2, nan, 7, 8], equal_nan=True) and np.array_equal(ys, [10, 11, nan, 30, 31], equal_nan=True)
+    line = plot_learning_curve(metrics).axes[0].lines[0]
+    assert line.get_label().startswith("train/return") and np.isnan(line.get_ydata()).sum() == 1

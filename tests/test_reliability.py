@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gorl.analysis.io import load_metrics, run_rows
 from tests.conftest import CONF, ROOT, run_gorl
 
 # A smoke plan long enough to be killed in the middle of each phase.
@@ -76,6 +77,14 @@ def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_p
     final = torch.load(next(tmp_path.glob("runs/gorl/version_1/checkpoints/last.ckpt")), weights_only=True)["gorl_loop"]["state"]
     reference = torch.load(next(ref.glob("runs/gorl/version_0/checkpoints/last.ckpt")), weights_only=True)["gorl_loop"]["state"]
     assert (final["stage"], final["phase"], final["frames"]) == (reference["stage"], reference["phase"], reference["frames"])
+    # The resumed run's history (curves.png, the analysis loaders) joins both parts: every step of
+    # the uninterrupted run once, in order, the killed part's rows cut where the resumed part took over.
+    joined = run_rows(tmp_path / "runs/gorl/version_1/metrics.csv")
+    reference_rows = list(csv.DictReader(next(ref.glob("runs/gorl/version_0/metrics.csv")).open()))
+    assert [r["step"] for r in joined] == [r["step"] for r in reference_rows]
+    assert [r for r in joined if r.get("loop/frames")][0]["loop/frames"] == reference_rows[0]["loop/frames"]
+    assert (tmp_path / "runs/gorl/version_1/curves.png").is_file()
+    assert len(load_metrics(tmp_path / "runs/gorl")["step"]) == len(joined)  # the folder: each part once
 
 
 def test_a_run_killed_between_frame_checkpoints_resumes_from_the_time_based_one(tmp_path):

@@ -85,7 +85,7 @@ def resumed_frames(run_dir: Path) -> list[float]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def run_rows(metrics_csv: Path) -> list[dict[str, str]]:
+def _bench_rows(metrics_csv: Path) -> list[dict[str, str]]:
     """The rows of one ``metrics.csv``, preceded by the parts ``gorl bench`` set aside when it
     resumed that run (``metrics.part<N>.csv`` beside it, each cut at the frame the next part resumed
     from: rows past it were recomputed after the resume)."""
@@ -99,16 +99,84 @@ def run_rows(metrics_csv: Path) -> list[dict[str, str]]:
         return rows + list(csv.DictReader(f))
 
 
+def _resumed_from(run_dir: Path) -> Path | None:
+    """The checkpoint a ``gorl fit --ckpt_path`` call resumed this run directory from (its
+    ``config.yaml``), found as given or, for a relative path, below one of the directory's parents."""
+    import yaml  # a dependency of jsonargparse, which the CLI needs anyway
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    given = cfg.get("ckpt_path") if isinstance(cfg, dict) else None
+    if not given:
+        return None
+    path = Path(given)
+    candidates = [path] if path.is_absolute() else [path, *(parent / path for parent in run_dir.resolve().parents)]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _checkpoint_position(path: Path) -> tuple[float | None, float | None]:
+    """``(iteration, frames)`` of a checkpoint's loop state, or ``(None, None)`` if unreadable."""
+    try:
+        from gorl.run_dirs import loop_state
+
+        state = loop_state(path)
+        return float(state["iteration"]), float(state["frames"])
+    except Exception:  # noqa: BLE001  (a damaged or foreign file: fall back to the next part's first row)
+        return None, None
+
+
+def earlier_parts(run_dir: Path) -> list[tuple[Path, float | None, float | None]]:
+    """``(metrics.csv, last step, last frames)`` of each earlier part of a run, oldest first.
+
+    A run resumed with ``gorl fit --ckpt_path`` logs into a new directory whose ``config.yaml``
+    names the checkpoint it started from; that checkpoint's directory holds the part before, and so
+    on. Each earlier part counts up to the step its checkpoint was written at: later rows there
+    were computed again by the part that resumed.
+    """
+    parts: list[tuple[Path, float | None, float | None]] = []
+    seen, current = {run_dir.resolve()}, run_dir
+    while (ckpt := _resumed_from(current)) is not None:
+        previous = ckpt.parent.parent  # <run>/checkpoints/last.ckpt
+        if previous.resolve() in seen or not (previous / "metrics.csv").is_file():
+            break
+        step, frames = _checkpoint_position(ckpt)
+        parts.insert(0, (previous / "metrics.csv", step, frames))
+        seen.add(previous.resolve())
+        current = previous
+    return parts
+
+
+def run_rows(metrics_csv: Path) -> list[dict[str, str]]:
+    """A run's rows as one history: the earlier parts it was resumed from (:func:`earlier_parts`,
+    each cut where the next part took over), then this ``metrics.csv`` (with any parts ``gorl
+    bench`` set aside beside it)."""
+    rows: list[dict[str, str]] = []
+    own = _bench_rows(metrics_csv)
+    for part, step, frames in earlier_parts(metrics_csv.parent):
+        if step is None:  # unreadable checkpoint: cut where the resumed rows begin
+            firsts = [float(r["step"]) for r in own if r.get("step")]
+            step = min(firsts) - 1 if firsts else None
+        rows += [r for r in _bench_rows(part) if step is None or not r.get("step") or float(r["step"]) <= step]
+    return rows + own
+
+
 def load_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The CSV logger's ``metrics.csv`` as columns: ``{name: float array}``, NaN where a row has no value.
 
-    All ``metrics.csv`` below ``run_dir`` (a run and its resumes) are concatenated, oldest first,
-    each with the earlier parts ``gorl bench`` kept of it (:func:`run_rows`). Plain NumPy columns
+    All ``metrics.csv`` below ``run_dir`` are concatenated, oldest first, each with the earlier
+    parts of its run (:func:`run_rows`: the ``gorl fit --ckpt_path`` parts it continues and the
+    parts ``gorl bench`` kept of it), a part that another part continues only once. Plain NumPy columns
     rather than a DataFrame: pandas is not a dependency.
     """
     rows: list[dict[str, str]] = []
-    for path in _metrics_files(Path(run_dir)):
-        rows.extend(run_rows(path))
+    paths = _metrics_files(Path(run_dir))
+    # A folder holding a run and its resumes: each resumed part brings its earlier parts along.
+    included = {part.resolve() for path in paths for part, _, _ in earlier_parts(path.parent)}
+    for path in paths:
+        if path.resolve() not in included:
+            rows.extend(run_rows(path))
     names = sorted({k for row in rows for k in row})
 
     def number(text: str | None) -> float:

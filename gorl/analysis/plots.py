@@ -119,6 +119,18 @@ def plot_modality(rows: Sequence[dict], kind: str = "policy", dim: int = 0, alph
     return fig
 
 
+def train_points(metrics: dict[str, np.ndarray], x: str = "loop/frames") -> tuple[np.ndarray, np.ndarray]:
+    """The ``train/return`` line: one point per row that logged it (episodes ended since the row
+    before), broken (a NaN) wherever a stage begins, so that no segment spans a stage in which no
+    training episode ended, nor joins one stage's encoder to the next one's."""
+    tx, ty = metrics[x], metrics["train/return"]
+    stage = metrics.get("loop/stage", np.zeros_like(tx))
+    ok = np.isfinite(tx) & np.isfinite(ty)
+    tx, ty, stage = tx[ok], ty[ok], stage[ok]
+    breaks = np.flatnonzero(stage[1:] != stage[:-1]) + 1
+    return np.insert(tx, breaks, np.nan), np.insert(ty, breaks, np.nan)
+
+
 def plot_learning_curve(
     run: str | Path | dict[str, np.ndarray],
     x: str = "loop/frames",
@@ -133,9 +145,8 @@ def plot_learning_curve(
     fig = ax.figure if ax is not None else plt.figure(figsize=(6, 3.5))
     ax = ax or fig.add_subplot(1, 1, 1)
     if train and "train/return" in metrics and y == "eval/return":
-        tx, ty = metrics[x], metrics["train/return"]
-        ok = np.isfinite(tx) & np.isfinite(ty)
-        ax.plot(tx[ok], ty[ok], color="tab:grey", lw=0.8, alpha=0.6, label="train/return (episodes)")
+        tx, ty = train_points(metrics, x)
+        ax.plot(tx, ty, color="tab:grey", lw=0.8, alpha=0.6, label="train/return (episodes)")
     ex, ey = eval_points(metrics, x, y)
     ax.plot(ex, ey, marker="o", ms=3, lw=1.5, label=label or y)
     if y == "eval/return" and "stage/initial_return" in metrics:
