@@ -28,6 +28,7 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning_utilities.core
 from gorl.callbacks import CurvesFigure, FrameCheckpoint  # noqa: E402
 from gorl.distributions import ActionDistributionLogger  # noqa: E402
 from gorl.errors import CheckpointError  # noqa: E402
+from gorl.loop import LoopConfig  # noqa: E402
 from gorl.progress import GoRLProgressBar  # noqa: E402
 from gorl.run_dirs import THIS_CALL, resolve_checkpoint, run_identity  # noqa: E402
 from gorl.system import GoRLSystem  # noqa: E402
@@ -171,7 +172,10 @@ class GoRLCLI(LightningCLI):
 
             # This call's config as its run directory will hold it (config.yaml), to find earlier parts of the same run.
             identity = run_identity(yaml.safe_load(self._parser(sub).dump(cfg, skip_none=False)))
-            path, version = resolve_checkpoint(str(cfg.ckpt_path), cfg.trainer.get("logger"), identity, allow_done=sub != "fit")
+            loop = cfg.model.get("loop") if cfg.get("model") else None
+            stages = len(loop.stages) if loop is not None and loop.get("stages") is not None else len(LoopConfig().stages)
+            path, version = resolve_checkpoint(str(cfg.ckpt_path), cfg.trainer.get("logger"), identity, allow_done=sub != "fit",
+                                               plan_stages=stages if sub == "fit" else None)
             cfg.ckpt_path = str(path)
             if cfg.get("weights_only", False) is None:
                 # Checkpoints hold only tensors and plain containers (tested), so loading never needs

@@ -104,12 +104,15 @@ def _last_of_this_run(root: Path, identity: dict | None, allow_done: bool) -> Pa
     return path
 
 
-def resolve_checkpoint(ckpt_path: str, logger_cfg, identity: dict | None = None, allow_done: bool = False) -> tuple[Path, str | None]:
+def resolve_checkpoint(ckpt_path: str, logger_cfg, identity: dict | None = None, allow_done: bool = False,
+                       plan_stages: int | None = None) -> tuple[Path, str | None]:
     """The checkpoint file to resume from and, for ``last``, the run version it was found in.
 
     ``last`` takes the newest run whose config has ``identity`` (:func:`_last_of_this_run`); a
     finished one only with ``allow_done`` (``gorl validate`` scores a finished run; fit has nothing
-    left to do in one).
+    left to do in one). A checkpoint named by its path is refused when it finished a plan of
+    ``plan_stages`` stages or more: resuming it would train nothing and still exit 0. With a longer
+    plan it is an extension, which the loop supports.
     """
     version = None
     if ckpt_path == "last":
@@ -123,7 +126,11 @@ def resolve_checkpoint(ckpt_path: str, logger_cfg, identity: dict | None = None,
         path = Path(ckpt_path)
     from gorl.inference import read_checkpoint
 
-    read_checkpoint(path, mmap=True)
+    state = read_checkpoint(path, mmap=True)["gorl_loop"]["state"]
+    if plan_stages is not None and state.get("phase") == "done" and int(state["stage"]) + 1 >= plan_stages:
+        raise CheckpointError(f"checkpoint {path} is the end of a finished run (stage {state['stage']} of a {int(state['stage']) + 1}-stage "
+                              f"plan, {int(state['frames']):,} env frames); nothing to train: start a new run without --ckpt_path, "
+                              "or extend it with more stages (--model.loop.stages)")
     return path, version
 
 

@@ -191,6 +191,11 @@ def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path):
     res = run_gorl("fit", *smoke, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and last.startswith("gorl: error:") and "finished (stage 2, 1,024 env frames)" in last
+    # Nor is it when named by its path: that too trained nothing and exited 0.
+    res = run_gorl("fit", *smoke, "--ckpt_path", "runs/gorl/version_0/checkpoints/last.ckpt", cwd=tmp_path, timeout=120)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "is the end of a finished run (stage 2 of a 3-stage plan, 1,024 env frames)" in last
+    assert sorted(p.name for p in (tmp_path / "runs" / "gorl").iterdir()) == ["version_0"]
     # Another config's run killed before its first checkpoint: `last` names it, with the frames it
     # reached, rather than resuming the finished run of another config above.
     plan = [*LONG, "--checkpoint.metrics_every_seconds", "0"]
