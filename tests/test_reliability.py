@@ -40,9 +40,14 @@ def _start_and_wait_for(marker: str, cwd: Path, plan: list[str]) -> tuple[subpro
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if marker in line or time.time() > deadline:
+        if marker in line:
+            return proc, seen
+        if time.time() > deadline:
             break
-    return proc, seen
+    # A marker that never comes would otherwise let the run go on until the deadline and kill it
+    # wherever it is: the test would pass slowly and test something else.
+    proc.kill()
+    raise AssertionError(f"{marker!r} never printed; the run's last lines: {''.join(seen[-5:])}")
 
 
 def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
@@ -176,12 +181,12 @@ def test_a_second_ctrl_c_exits_at_once():
 def test_metrics_rows_survive_a_kill(tmp_path):
     # Flushed every iteration here (metrics_every_seconds 0, instead of 30 s), and no checkpoint
     # (which flushes too) before the kill: the rows on disk are the periodic flush's.
-    _kill_when("[gorl] stage 0 | frames 1,280", tmp_path, [*LONG, "--checkpoint.metrics_every_seconds", "0"])
+    _kill_when("[gorl] stage 0 | frames 1,408", tmp_path, [*LONG, "--checkpoint.metrics_every_seconds", "0"])
     assert not list(tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
     rows = list(csv.DictReader(next(tmp_path.glob("runs/gorl/version_0/metrics.csv")).open()))
     frames = [float(r["loop/frames"]) for r in rows if r.get("loop/frames")]
     # 128 frames per iteration: every iteration before the one that printed the marker is there.
-    assert frames and max(frames) >= 1152 and any(r.get("eval/return") for r in rows)
+    assert frames and max(frames) >= 1280 and any(r.get("eval/return") for r in rows)
 
 
 def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path):
@@ -199,7 +204,7 @@ def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path):
     # Another config's run killed before its first checkpoint: `last` names it, with the frames it
     # reached, rather than resuming the finished run of another config above.
     plan = [*LONG, "--checkpoint.metrics_every_seconds", "0"]
-    _kill_when("[gorl] stage 0 | frames 1,280", tmp_path, plan)
+    _kill_when("[gorl] stage 0 | frames 1,408", tmp_path, plan)
     res = run_gorl("fit", *plan, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and last.startswith("gorl: error:") and "version_1, stopped before writing a checkpoint (it reached" in last
