@@ -52,6 +52,9 @@ class Method:
     args: list[str]
     stages: tuple[float, ...] = (1.0,)
     extra: list[str] = field(default_factory=list)
+    # A whole recipe instead (--recipes): config files applied in order, the recipe's own plan,
+    # refits and evaluations unchanged (no --base, --budget, --stages or --eval-every).
+    recipe: list[str] | None = None
 
     @property
     def refines(self) -> bool:
@@ -98,6 +101,46 @@ METHODS: dict[str, Method] = {
 }
 
 
+def recipe_from_arg(arg: str, layers: list[str]) -> tuple[str, Method]:
+    """``gorl-fm=conf/hopper_fm.yaml``: a named whole recipe, with ``layers`` applied on top."""
+    name, sep, path = arg.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"gorl bench: error: --recipes takes NAME=CONFIG, got {arg!r}")
+    for config in [path, *layers]:
+        if not Path(config).is_file():
+            raise SystemExit(f"gorl bench: error: recipe {name!r}: no such config {config}")
+    return name, Method([], recipe=[path, *layers])
+
+
+def recipe_stages(paths: list[str]) -> list[float]:
+    """A recipe's encoder-phase plan (``model.loop.stages``), read without torch."""
+    from gorl.cli import expand_defaults
+    from gorl.config_check import resolved_value
+    from gorl.loop import LoopConfig
+
+    stages = resolved_value(expand_defaults([a for path in paths for a in ("--config", path)]), "model.loop.stages")
+    return [float(s) for s in stages] if isinstance(stages, list) else [float(s) for s in LoopConfig().stages]
+
+
+def _stop_report(args: argparse.Namespace, methods: dict[str, Method], cells: list[tuple[str, str, int]], out: Path) -> None:
+    """The matrix stopped at --stop-after: archive every run's state, write where each stands, exit 3."""
+    out.mkdir(parents=True, exist_ok=True)
+    if args.archive:
+        for name, task, seed in cells:
+            rel = Path(f"{name}_{task}") / f"seed{seed}"
+            archive_run(out / rel, Path(args.archive) / rel, run_signature(methods[name], task, seed, args), checkpoint=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    md = f"Matrix stopped at the --stop-after limit ({args.stop_after:g} min), {stamp}:\n\n" + status_table(cells, out)
+    (out / "status.md").write_text(md)
+    if args.archive:
+        Path(args.archive).mkdir(parents=True, exist_ok=True)
+        (Path(args.archive) / "status.md").write_text(md)
+    print("\n" + md, flush=True)
+    print("[bench] stopped: unfinished runs resume from their checkpoints when the same command runs again"
+          + (f" (archived in {args.archive})" if args.archive else ""), flush=True)
+    sys.exit(3)
+
+
 def method_from_arg(arg: str) -> tuple[str, Method]:
     """``ppo`` (a named recipe) or ``mine=path/to/encoder.yaml`` (a single-stage method)."""
     if "=" in arg:
@@ -113,6 +156,8 @@ def method_from_arg(arg: str) -> tuple[str, Method]:
 def run_args(method: Method, task: str, budget: float, decoder_data: float, eval_every: float,
              split: tuple[float, ...] | None = None) -> list[str]:
     """The ``gorl fit`` arguments of one run; ``split`` replaces a refining method's stage fractions."""
+    if method.recipe is not None:
+        return [a for path in method.recipe for a in ("--config", path)]
     fractions = split if (split and method.refines) else method.stages
     stages = [max(1, int(budget * f)) for f in fractions]
     args = ["--model.env", str(CONF / "env" / f"{task}.yaml"), *method.args, *method.extra,
@@ -220,6 +265,9 @@ def run_signature(method: Method, task: str, seed: int, args: argparse.Namespace
     root = str(CONF.parent) + os.sep
     split = tuple(args.stages) if args.stages else None
     run = [*run_args(method, task, args.budget, args.decoder_data, args.eval_every, split), *args.override, "--seed_everything", str(seed)]
+    if method.recipe is not None:
+        run = [str(Path(a).resolve()) if a.endswith((".yaml", ".yml")) else a for a in run]
+        return [a.replace(root, "") for a in run]
     return [a.replace(root, "") for a in [str(Path(args.base).resolve()), *run]]
 
 
@@ -277,7 +325,11 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
     if got is not None:
         print(f"[bench] {name} {task} seed {seed}: done already ({got['final_return']:.1f})", flush=True)
         return got
-    cmd = [sys.executable, "-m", "gorl", "fit", "--config", str(args.base),
+    if args.deadline is not None and time.time() >= args.deadline:
+        print(f"[bench] {name} {task} seed {seed}: not started (--stop-after reached)", flush=True)
+        return {"status": "not started"}
+    base = [] if method.recipe is not None else ["--config", str(args.base)]
+    cmd = [sys.executable, "-m", "gorl", "fit", *base,
            *run_args(method, task, args.budget, args.decoder_data, args.eval_every, tuple(args.stages) if args.stages else None), *args.override,
            "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
@@ -297,9 +349,16 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
     with log_path.open("a") as log:
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {' '.join(cmd)}\n")
         log.flush()
-        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-        log.write(f"\n# part ended after {time.perf_counter() - t0:.0f} s\n")
-    if res.returncode != 0:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        returncode = _wait_or_stop(proc, args.deadline, args.stop_grace)
+        if returncode is None:
+            log.write(f"\n# part stopped at the --stop-after limit after {time.perf_counter() - t0:.0f} s\n")
+        else:
+            log.write(f"\n# part ended after {time.perf_counter() - t0:.0f} s\n")
+    if returncode is None:
+        print(f"[bench] {name} {task} seed {seed}: stopped at the --stop-after limit; it resumes from its checkpoint next time", flush=True)
+        return {"status": "stopped"}
+    if returncode != 0:
         lines = [line for line in log_path.read_text().splitlines() if line.strip()]
         tail = [line for line in lines if line.startswith("gorl: error")][-1:] or lines[-1:] or ["(no output)"]
         raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); its log: {log_path}")
@@ -314,6 +373,71 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
     got = read_run(run_dir)
     print(f"[bench] {name} {task} seed {seed}: final eval/return {got['final_return']:.1f} in {got['wall_s'] / 60:.1f} min", flush=True)
     return got
+
+
+def _wait_or_stop(proc: subprocess.Popen, deadline: float | None, grace: float) -> int | None:
+    """The run's exit code; or, if ``deadline`` (epoch seconds) comes first, None after stopping it
+    as Ctrl-C would: SIGTERM makes ``gorl fit`` write a checkpoint and its closing lines and exit
+    143 (gorl.callbacks). A run that has not exited ``grace`` seconds later is killed; its last
+    periodic checkpoint is then what it resumes from."""
+    import signal
+
+    try:
+        return proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        pass
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return None
+
+
+def run_status(run_dir: Path) -> dict:
+    """Where a run stands: finished (final return), or unfinished with its frames and last
+    evaluation so far, or not started; for the status table of a stopped matrix."""
+    got = read_run(run_dir)
+    if got is not None:
+        return {"status": "finished", "frames": got["curve"][-1][0] if got["curve"] else None, "return": got["final_return"],
+                "wall_s": got["wall_s"]}
+    parts = sorted(run_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    if (run_dir / "metrics.csv").is_file():
+        rows = run_rows(run_dir / "metrics.csv")
+    elif parts:  # the newest part was stopped before its first row: the rows so far are the earlier parts'
+        rows = run_rows(parts[-1])
+    else:
+        return {"status": "not started"}
+    frames = max((float(r["loop/frames"]) for r in rows if r.get("loop/frames")), default=None)
+    evals = [float(r["eval/return"]) for r in rows if r.get("eval/return")]
+    stage = max((int(float(r["loop/stage"])) for r in rows if r.get("loop/stage")), default=None)
+    seconds, _ = part_seconds(run_dir / "gorl.log")
+    ckpt = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    return {"status": "unfinished" + ("" if ckpt else " (no checkpoint)"), "frames": frames, "return": evals[-1] if evals else None,
+            "stage": stage, "wall_s": sum(seconds)}
+
+
+def status_table(cells: list[tuple[str, str, int]], out: Path) -> str:
+    lines = ["| method | task | seed | status | env frames | last eval return | stage | wall time so far |", "|---|---|---|---|---|---|---|---|"]
+    for name, task, seed in cells:
+        st = run_status(out / f"{name}_{task}" / f"seed{seed}")
+        frames = f"{st['frames']:,.0f}" if st.get("frames") is not None else "-"
+        ret = _fmt(st["return"]) if st.get("return") is not None else "-"
+        wall = f"{st['wall_s'] / 60:.1f} min" if st.get("wall_s") else "-"
+        lines.append(f"| {name} | {task} | {seed} | {st['status']} | {frames} | {ret} | {st.get('stage', '-') if st.get('stage') is not None else '-'} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+def recipe_task(paths: list[str]) -> str:
+    """The env task a recipe's configs name (read as the CLI's quick checks read them, no torch)."""
+    from gorl.cli import expand_defaults
+    from gorl.config_check import resolved_value
+
+    task = resolved_value(expand_defaults([a for path in paths for a in ("--config", path)]), "model.env.task")
+    if not isinstance(task, str):
+        raise SystemExit(f"gorl bench: error: recipe {' + '.join(paths)} names no model.env.task")
+    return task
 
 
 def _fmt(x: float) -> str:
@@ -395,7 +519,17 @@ def stage_table(results: dict[tuple[str, str], list[dict]], bounds: list[float] 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gorl bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=["ppo", "gorl-flow", "gorl-diffusion"], help=f"named: {', '.join(METHODS)}; or name=encoder.yaml")
+    p.add_argument("--methods", nargs="+", default=None, help=f"named: {', '.join(METHODS)}; or name=encoder.yaml (default: ppo gorl-flow gorl-diffusion)")
+    p.add_argument("--recipes", nargs="+", default=None, metavar="NAME=CONFIG",
+                   help="whole recipes instead of --methods, e.g. gorl-fm=conf/hopper_fm.yaml: each run is that config's own plan "
+                        "(stages, refits, evaluations, task); --tasks, --budget, --stages, --eval-every and --base do not apply")
+    p.add_argument("--layers", nargs="+", default=[], metavar="CONFIG",
+                   help="configs applied on top of every recipe, e.g. conf/recipes/paper_gpu.yaml conf/recipes/paper_gpu_mjx.yaml")
+    p.add_argument("--seed-major", action="store_true", help="run seed 0 of every method first, then seed 1, ... (default: method by method)")
+    p.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly after this many minutes: running runs checkpoint (SIGTERM) and stop, the rest wait; with --archive "
+                        "every run's state is archived; exit code 3 while runs are unfinished (run the same command again to continue)")
+    p.add_argument("--stop-grace", type=float, default=180.0, help="seconds a stopped run may take to write its checkpoint before it is killed")
     p.add_argument("--tasks", nargs="+", default=["cheetah-run"], help="conf/env/<task>.yaml names")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--budget", type=float, default=1e6, help="encoder-phase env frames per run")
@@ -416,7 +550,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    methods = dict(method_from_arg(m) for m in args.methods)
+    args.deadline = None if args.stop_after is None else time.time() + 60.0 * args.stop_after
+    if args.recipes is not None:
+        if args.methods is not None:
+            raise SystemExit("gorl bench: error: give --methods or --recipes, not both")
+        methods = dict(recipe_from_arg(r, args.layers) for r in args.recipes)
+        task_of = {name: recipe_task(m.recipe) for name, m in methods.items()}
+        cells = [(name, task_of[name], seed) for name in methods for seed in args.seeds]
+        return _run_matrix(args, methods, cells)
+    if args.layers:
+        raise SystemExit("gorl bench: error: --layers applies to --recipes")
+    methods = dict(method_from_arg(m) for m in (args.methods or ["ppo", "gorl-flow", "gorl-diffusion"]))
     if args.stages is not None and (len(args.stages) < 2 or any(f <= 0 for f in args.stages) or abs(sum(args.stages) - 1.0) > 1e-6):
         raise SystemExit(f"gorl bench: error: --stages needs >= 2 positive fractions summing to 1, got {args.stages}")
     for task in args.tasks:
@@ -424,6 +568,12 @@ def main(argv: list[str] | None = None) -> None:
             valid = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
             raise SystemExit(f"gorl bench: error: unknown task {task!r}; valid: {', '.join(valid)}")
     cells = [(name, task, seed) for task in args.tasks for name in methods for seed in args.seeds]
+    _run_matrix(args, methods, cells)
+
+
+def _run_matrix(args: argparse.Namespace, methods: dict[str, Method], cells: list[tuple[str, str, int]]) -> None:
+    if args.seed_major:
+        cells = sorted(cells, key=lambda c: (c[2], [n for n in methods].index(c[0])))
     if args.snapshot and not args.archive:
         raise SystemExit("gorl bench: error: --snapshot needs --archive DIR")
     if args.archive:
@@ -442,17 +592,26 @@ def main(argv: list[str] | None = None) -> None:
             outcomes = {cell: f.result() for cell, f in futures.items()}
         except RuntimeError as err:
             raise SystemExit(f"gorl bench: error: {err}") from None
+    out = Path(args.out)
+    if any(got.get("status") in ("stopped", "not started") for got in outcomes.values()):
+        _stop_report(args, methods, cells, out)
     results: dict[tuple[str, str], list[dict]] = {}
     for (name, task, _seed), got in outcomes.items():
         results.setdefault((name, task), []).append(got)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         {"budget": args.budget, "seeds": args.seeds, "runs": [{"method": n, "task": t, "seed": s, **outcomes[(n, t, s)]} for n, t, s in cells]}, indent=1))
-    md = table(results, args.budget)
-    split = tuple(args.stages) if args.stages else GORL_STAGES
-    refining = any(m.refines for m in methods.values())
-    bounds = [args.budget * sum(split[:k]) for k in range(1, len(split))] if refining else []
+    if any(m.recipe is not None for m in methods.values()):
+        plans = {name: recipe_stages(m.recipe) for name, m in methods.items()}
+        budget = max(sum(p) for p in plans.values())
+        longest = max(plans.values(), key=len)
+        bounds = [sum(longest[:k]) for k in range(1, len(longest))]
+    else:
+        budget = args.budget
+        split = tuple(args.stages) if args.stages else GORL_STAGES
+        refining = any(m.refines for m in methods.values())
+        bounds = [args.budget * sum(split[:k]) for k in range(1, len(split))] if refining else []
+    md = table(results, budget)
     stages = stage_table(results, bounds)
     if stages:
         md += ("\nPer stage (initial: evaluated right after the refit and reset, before any encoder update; single-stage methods "

@@ -187,6 +187,30 @@ def _check_init_args(param: str, merged: dict, configs: list[tuple[str, dict]], 
             raise ConfigError(f"unknown option --{key}: {where} takes no argument {name!r}" + (f"; did you mean {hint[0]}?" if hint else ""))
 
 
+def resolved_value(argv: list[str], dotted: str) -> Any:
+    """The value ``dotted`` (e.g. ``model.env.task``) gets from the ``--config`` files of ``argv``
+    (expanded) and its ``--key value`` options, the last one winning; None if none sets it. Read
+    without torch; a value given through interpolation is returned as written."""
+    import yaml
+
+    from gorl import config_keys
+
+    inlinable = set(config_keys.SCHEMA["fit"]["groups"]) | set(config_keys.CLASS_PARAMS)
+    merged: dict = {}
+    value = None
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if path is not None:
+            data = _load_yaml(path)
+            if isinstance(data, dict):
+                _merge(merged, _inline(data, "", Path(path).parent, inlinable))
+                value = _get(merged, dotted)
+    for key, given in _cli_options(argv):
+        if key == dotted and given is not None:
+            value = yaml.safe_load(given)
+    return value
+
+
 def _check_task(merged: dict, options: list[tuple[str, str | None]], tasks: list[str]) -> None:
     """The dm_control task, where the config names it plainly (not through a file, a factory or MJX)."""
     env = (merged.get("model") or {}).get("env") if isinstance(merged.get("model"), dict) else None

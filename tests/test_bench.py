@@ -127,6 +127,19 @@ def test_study_presets_resolve_and_run_a_few_iterations(tmp_path, capsys):
                     gorl_main(["fit", "--config", str(CONF / "bench.yaml"), *run, *args.override, "--print_config"])
                 assert done.value.code in (None, 0), (name, method)
                 capsys.readouterr()
+    # The paper-scale presets: whole recipes with the GPU layers, each resolving through the CLI, seed 0 of every method first.
+    for name in ("paper-hopper", "paper-hopper-wide"):
+        args = bench.parser().parse_args(learning.PRESETS[name])
+        assert args.seed_major and [r.split("=")[0] for r in args.recipes] == ["gorl-fm", "ppo", "gorl-diffusion"]
+        for arg in args.recipes:
+            _, recipe = bench.recipe_from_arg(arg.replace("=conf/", f"={CONF}/"), [str(ROOT / layer) for layer in args.layers])
+            assert bench.recipe_task(recipe.recipe) == "hopper-stand" and sum(bench.recipe_stages(recipe.recipe)) == 180e6
+            with pytest.raises(SystemExit) as done:
+                gorl_main(["fit", *bench.run_args(recipe, "", 0, 0, 0), "--print_config"])
+            assert done.value.code in (None, 0), (name, arg)
+            printed = capsys.readouterr().out
+            envs = 16384 if name.endswith("wide") else 2048
+            assert "backend: mjx" in printed and "device: cuda" in printed and f"num_envs: {envs}" in printed, printed[printed.find("  env:"):][:300]
     # --archive too, or the tiny run would join the real study's archive in benchmarks/logs/.
     cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "study", "--methods", "gorl-diffusion-cleanrl", "--seeds", "0",
            "--budget", "12288", "--eval-every", "1e9", "--jobs", "1", "--out", str(tmp_path), "--archive", str(tmp_path / "archive"),
@@ -198,3 +211,35 @@ def test_a_single_stage_run_is_cut_at_the_gorl_stage_boundaries_for_the_per_stag
     table = stage_table({("ppo", "toy"): [{"curve": curve, "stages": [{"stage": 0}]}]}, [199_999.0, 300_000.0])
     assert "| toy | ppo | frames 0–0.2M | - | 30.0 | 30.0 | - |" in table
     assert stage_table({("ppo", "toy"): [{"curve": curve, "stages": [{"stage": 0}]}]}) == ""  # no GoRL beside it: no windows
+
+
+def test_a_matrix_of_whole_recipes_stops_at_its_time_limit_and_continues_from_the_archive(tmp_path):
+    """--recipes runs whole configs (their own plan and task) with --layers on top; --stop-after
+    stops the running fit as Ctrl-C would (checkpoint, closing line), archives every run's state,
+    says where each stands and exits 3; the same command again resumes from the archive."""
+    recipe = tmp_path / "long.yaml"
+    recipe.write_text(f"defaults: [{CONF / 'smoke.yaml'}]\nmodel:\n  loop:\n    stages: [1.0e7]\n    eval_every: 256\n")
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("checkpoint:\n  every_frames: 128\ncurves: false\n")
+    archive, cmd = tmp_path / "archive", None
+
+    def bench(out: str):
+        nonlocal cmd
+        cmd = [sys.executable, "-m", "gorl", "bench", "--recipes", f"long={recipe}", "--layers", str(layer), "--seeds", "0",
+               "--out", str(tmp_path / out), "--archive", str(archive), "--stop-after", "0.4"]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+    first = bench("machine1")
+    assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
+    run = archive / "long_toy-bandit" / "seed0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and "stopped at the --stop-after limit" in (run / "gorl.log").read_text()
+    status = (archive / "status.md").read_text()
+    assert "| long | toy-bandit | 0 | unfinished |" in status
+    frames = float(status.split("| long | toy-bandit | 0 | unfinished | ")[1].split(" |")[0].replace(",", ""))
+    assert frames > 0
+    # Another machine, a fresh --out: the run continues from the archived checkpoint.
+    second = bench("machine2")
+    assert second.returncode == 3 and "restored from" in second.stdout and "resuming from" in second.stdout, second.stdout[-2000:]
+    later = float((archive / "status.md").read_text().split("| long | toy-bandit | 0 | unfinished | ")[1].split(" |")[0].replace(",", ""))
+    assert later >= frames  # a second part stopped before its first row adds none
+    assert json.loads((run / "signature.json").read_text())[:2] == ["--config", str(recipe)]
