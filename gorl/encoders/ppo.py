@@ -32,7 +32,8 @@ The loss is TorchRL's ``ClipPPOLoss`` (``loss_impl="torchrl"``) or, by default, 
 plain tensors (``loss_impl="fused"``, :meth:`EncoderModule.ppo_loss`). Why our own: an optimiser step
 of a small-network PPO is dominated by per-call overhead on CPU, and ``ClipPPOLoss``'s TensorDict
 plumbing and extra diagnostics (ESS, explained variance, ratio extremes) are a sizeable part of a
-whole step (measured in ``benchmarks/RESULTS.md``). Both give the same losses and gradients (tested
+whole step (measured: the archive of ``benchmarks/RESULTS.md``,
+``benchmarks/logs/2026-11-22_to_2026-12-01_results.md``, runs of 2026-11-23). Both give the same losses and gradients (tested
 against each other); ``ClipPPOLoss`` stays the reference.
 """
 
