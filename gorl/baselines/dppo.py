@@ -55,7 +55,8 @@ def step_log_prob(x_next: torch.Tensor, mean: torch.Tensor, sigma: float) -> tor
 
 
 class DPPO(ClippedPolicyGradient):
-    """DPPO from scratch; defaults are the GoRL authors' baseline settings (DESIGN.md).
+    """DPPO from scratch; defaults are the GoRL authors' baseline settings
+    (``configs/methods/dppo.toml`` at bennidict23/GoRL@8a0209c).
 
     Args:
         obs_dim, act_dim: given by the system from the env.

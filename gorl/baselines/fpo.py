@@ -39,7 +39,8 @@ from gorl.decoders.base import ConditionalMLP
 
 
 class FPO(ClippedPolicyGradient):
-    """Flow Policy Optimization; defaults are the GoRL authors' baseline settings (DESIGN.md).
+    """Flow Policy Optimization; defaults are the GoRL authors' baseline settings
+    (``configs/methods/fpo.toml`` at bennidict23/GoRL@8a0209c).
 
     Args:
         obs_dim, act_dim: given by the system from the env.
