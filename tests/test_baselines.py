@@ -254,7 +254,7 @@ def test_one_ppo_config_per_method_keeps_each_methods_defaults_and_drives_the_sh
     # The update steps epochs x minibatches times, as the set says (64 frames, minibatches of 32).
     for module in (FPO(3, 2, **SMALL), DPPO(3, 2, **SMALL)):
         steps = []
-        module.train_on(_rollout(module), lambda loss, norm: steps.append(norm), stage=0)
+        module.train_on(_rollout(module), lambda loss, norm, steps=steps: steps.append(norm), stage=0)
         assert len(steps) == module.ppo.epochs * 2 and set(steps) == {module.ppo.at(0).max_grad_norm}
 
 

@@ -56,6 +56,8 @@ class ClippedPolicyGradient(LatentEncoder):
 
     #: rollout entries (besides observation, advantage, value_target) the policy loss reads.
     policy_keys: tuple[str, ...] = ("latent",)
+    #: the PPO loop's hyperparameters, read by the subclass from its saved hyperparameters.
+    ppo: PPOConfig
 
     def __init__(self, obs_dim: int, act_dim: int, critic_hidden: Sequence[int], gamma: float, lmbda: float) -> None:
         super().__init__()

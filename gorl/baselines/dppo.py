@@ -41,9 +41,9 @@ import torch
 from tensordict import TensorDictBase
 
 from gorl.baselines.common import ClippedPolicyGradient, LossAndStats, clipped_surrogate
-from gorl.encoders.ppo_config import PPOConfig
 from gorl.decoders.base import ConditionalMLP
 from gorl.decoders.diffusion import cosine_alpha_bar
+from gorl.encoders.ppo_config import PPOConfig
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -34,8 +34,8 @@ import torch
 from tensordict import TensorDictBase
 
 from gorl.baselines.common import ClippedPolicyGradient, LossAndStats, clipped_surrogate
-from gorl.encoders.ppo_config import PPOConfig
 from gorl.decoders.base import ConditionalMLP
+from gorl.encoders.ppo_config import PPOConfig
 
 
 class FPO(ClippedPolicyGradient):

@@ -56,6 +56,7 @@ from gorl.encoders.ppo_update import (  # noqa: F401  (Critic, LossAndStats, MAX
     Critic,
     GAEMode,
     LossAndStats,
+    PolicyLoss,
     advantages,
     clipped_surrogate,
     minibatches,
@@ -259,7 +260,7 @@ class EncoderModule(LatentEncoder):
     # Only what the loss reads: indexing fewer entries per minibatch is measurably cheaper.
     _LOSS_KEYS = ("observation", "latent", "latent_log_prob")
 
-    def _loss_at(self, stage: int):
+    def _loss_at(self, stage: int) -> PolicyLoss:
         """Latent PPO's minibatch loss for ``stage``: the PPO losses (fused or TorchRL's) plus
         ``beta * prior_regulariser`` on the same policy outputs."""
         hp = self.hparams
