@@ -51,7 +51,9 @@ PLAN = [60e6, 60e6, 30e6, 30e6]  # the authors' encoder frames per stage
 EVALS = 10 * len(PLAN) + len(PLAN) - 1  # 10 per stage, plus each later stage's initial evaluation
 REFITS = len(PLAN) - 1
 REFIT_FRAMES = 4_096_000  # 4,096 episodes of 1,000 steps of decoder data per refit
-FLOW_STEPS, DIFFUSION_STEPS = 50_000, 22_500  # the authors' refit lengths (DESIGN.md §1b)
+# The authors' refit lengths (bennidict23/GoRL@8a0209c): configs/methods/gorl_fm.toml, train_steps = 50000;
+# configs/methods/gorl_diffusion.toml, 50 epochs of batches of 8192 over ~3.7M training pairs.
+FLOW_STEPS, DIFFUSION_STEPS = 50_000, 22_500
 
 
 class Report:

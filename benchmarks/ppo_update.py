@@ -14,6 +14,7 @@ Lightning's manual-optimisation plumbing adds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ def main() -> None:
     if device == "cuda" and not args.quick:
         from torch.profiler import ProfilerActivity, profile
 
-        enc.hparams.epochs = 1  # 32 minibatch steps
+        enc.ppo = dataclasses.replace(enc.ppo, epochs=1)  # 32 minibatch steps
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             enc.train_on(data.clone(), optimize, 0)
             sync()

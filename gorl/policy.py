@@ -1,10 +1,10 @@
 """The acting policy: ``observation -> latent ~ pi_theta(.|s) -> decoder -> tanh -> action``.
 
 Why a hand-fused module instead of ``TensorDictSequential(ProbabilisticActor, decoder, squash)``:
-the policy runs once per batched env step, and TensorDict module plumbing costs ~2 ms per call on
-CPU (measured with tensordict 0.14: every ``TensorDictModule`` output write goes through
-``TensorDict.from_any``, which calls ``importlib.util.find_spec("pandas")``), more than 32 cheetah
-physics steps. Here the whole chain is plain tensor code with one ``set`` per output key. The
+the policy runs once per batched env step, and TensorDict module plumbing costs more per call on
+CPU than many physics steps (with tensordict 0.14 every ``TensorDictModule`` output write goes
+through ``TensorDict.from_any``, which calls ``importlib.util.find_spec("pandas")``; the timing is
+in ``benchmarks/RESULTS.md``, "Timings moved out of code comments"). Here the whole chain is plain tensor code with one ``set`` per output key. The
 encoder's own losses still use TorchRL modules (see :mod:`gorl.encoders.ppo`); both compute the
 same densities (tested).
 """

@@ -231,6 +231,33 @@ def test_dppo_train_on_end_to_end():
         assert key in metrics and math.isfinite(metrics[key]), key
 
 
+# --- the shared PPO update and hyperparameter set ----------------------------------------------------
+def test_one_ppo_config_per_method_keeps_each_methods_defaults_and_drives_the_shared_update():
+    from gorl.encoders import EncoderModule
+    from gorl.errors import ConfigError
+
+    enc, fpo, dppo = EncoderModule(3, 2), FPO(3, 2), DPPO(3, 2)
+    # The authors' per-method values (configs/methods/{gorl_fm,fpo,dppo}.toml at bennidict23/GoRL@8a0209c).
+    assert (enc.ppo.lr, enc.ppo.clip_epsilon, enc.ppo.entropy_coef) == (1e-3, [0.15, 0.3], 0.01)
+    assert (fpo.ppo.lr, fpo.ppo.clip_epsilon, fpo.ppo.entropy_coef) == (3e-4, 0.05, 0.0)
+    assert (dppo.ppo.lr, dppo.ppo.clip_epsilon, dppo.ppo.entropy_coef) == (3e-4, 0.2, 0.0)
+    assert enc.ppo.at(1).clip_epsilon == 0.3 and fpo.ppo.at(3).max_grad_norm == 0.5
+    for module in (enc, fpo, dppo):
+        assert module.configure_optimizers().param_groups[0]["lr"] == module.ppo.at(0).lr
+    # Bad values are one clear error, whichever method they reach.
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        FPO(3, 2, epochs=0)
+    with pytest.raises(ConfigError, match="gamma must be in"):
+        DPPO(3, 2, gamma=1.5)
+    with pytest.raises(ConfigError, match="clip_epsilon must be > 0"):
+        EncoderModule(3, 2, clip_epsilon=[0.2, 0.0])
+    # The update steps epochs x minibatches times, as the set says (64 frames, minibatches of 32).
+    for module in (FPO(3, 2, **SMALL), DPPO(3, 2, **SMALL)):
+        steps = []
+        module.train_on(_rollout(module), lambda loss, norm, steps=steps: steps.append(norm), stage=0)
+        assert len(steps) == module.ppo.epochs * 2 and set(steps) == {module.ppo.at(0).max_grad_norm}
+
+
 # --- configs and the real loop ---------------------------------------------------------------------
 def _print_config(path) -> str:
     from gorl.cli import main

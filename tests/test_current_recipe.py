@@ -180,9 +180,9 @@ def test_per_minibatch_gae_uses_whole_segments_and_the_current_critic(monkeypatc
     batches = []
     original = enc.ppo_loss
 
-    def spy(batch, clip, entropy_coef=None):
+    def spy(batch, clip, entropy_coef=None, **kwargs):
         batches.append(batch.clone())
-        return original(batch, clip, entropy_coef)
+        return original(batch, clip, entropy_coef, **kwargs)
 
     monkeypatch.setattr(enc, "ppo_loss", spy)
     reference = rollout.clone()

@@ -43,6 +43,7 @@ from tensordict import TensorDictBase
 from gorl.baselines.common import ClippedPolicyGradient, LossAndStats, clipped_surrogate
 from gorl.decoders.base import ConditionalMLP
 from gorl.decoders.diffusion import cosine_alpha_bar
+from gorl.encoders.ppo_config import PPOConfig
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -54,7 +55,8 @@ def step_log_prob(x_next: torch.Tensor, mean: torch.Tensor, sigma: float) -> tor
 
 
 class DPPO(ClippedPolicyGradient):
-    """DPPO from scratch; defaults are the GoRL authors' baseline settings (DESIGN.md).
+    """DPPO from scratch; defaults are the GoRL authors' baseline settings
+    (``configs/methods/dppo.toml`` at bennidict23/GoRL@8a0209c).
 
     Args:
         obs_dim, act_dim: given by the system from the env.
@@ -96,6 +98,7 @@ class DPPO(ClippedPolicyGradient):
         super().__init__(obs_dim, act_dim, critic_hidden, gamma, lmbda)
         # Explicit dict: frame inspection picks the wrong frame when jsonargparse builds us.
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.ppo = PPOConfig.from_hparams(self.hparams)
         if sigma <= 0:
             raise ValueError(f"DPPO needs sigma > 0 (exact Gaussian log-probs), got {sigma}")
         self.noise_net = ConditionalMLP(obs_dim, act_dim, list(hidden), time_dim, output_scale)
@@ -144,4 +147,4 @@ class DPPO(ClippedPolicyGradient):
 
     def policy_loss(self, batch: TensorDictBase, advantage: torch.Tensor) -> LossAndStats:
         new = self.chain_log_prob(batch["observation"], batch["chain"])
-        return clipped_surrogate(new - batch["chain_log_prob_old"], advantage.unsqueeze(-1), self.hparams.clip_epsilon)
+        return clipped_surrogate(new - batch["chain_log_prob_old"], advantage.unsqueeze(-1), self.ppo.clip_epsilon)

@@ -35,10 +35,12 @@ from tensordict import TensorDictBase
 
 from gorl.baselines.common import ClippedPolicyGradient, LossAndStats, clipped_surrogate
 from gorl.decoders.base import ConditionalMLP
+from gorl.encoders.ppo_config import PPOConfig
 
 
 class FPO(ClippedPolicyGradient):
-    """Flow Policy Optimization; defaults are the GoRL authors' baseline settings (DESIGN.md).
+    """Flow Policy Optimization; defaults are the GoRL authors' baseline settings
+    (``configs/methods/fpo.toml`` at bennidict23/GoRL@8a0209c).
 
     Args:
         obs_dim, act_dim: given by the system from the env.
@@ -79,6 +81,7 @@ class FPO(ClippedPolicyGradient):
         super().__init__(obs_dim, act_dim, critic_hidden, gamma, lmbda)
         # Explicit dict: frame inspection picks the wrong frame when jsonargparse builds us.
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.ppo = PPOConfig.from_hparams(self.hparams)
         self.velocity_net = ConditionalMLP(obs_dim, act_dim, list(hidden), time_dim, output_scale)
 
     # --- the policy: Euler integration of the velocity field from t = 1 to t = 0 ----------------
@@ -122,6 +125,6 @@ class FPO(ClippedPolicyGradient):
 
     def policy_loss(self, batch: TensorDictBase, advantage: torch.Tensor) -> LossAndStats:
         new = self.cfm_loss(batch["observation"], batch["latent"], batch["cfm_eps"], batch["cfm_t"])
-        loss, stats = clipped_surrogate(batch["cfm_loss_old"] - new, advantage, self.hparams.clip_epsilon)
+        loss, stats = clipped_surrogate(batch["cfm_loss_old"] - new, advantage, self.ppo.clip_epsilon)
         stats["cfm_loss"] = new.detach().mean()
         return loss, stats

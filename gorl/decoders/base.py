@@ -78,7 +78,8 @@ class ConditionalMLP(torch.nn.Module):
     block, so the observation's part (:meth:`condition`) is computed once per ``decode`` and the
     time part (:meth:`time_bias`) once per step for the whole batch, and the layers are applied
     with ``F.linear`` rather than nested ``Module`` calls (whose dispatch cost rivals the maths
-    for a 32-row batch). Measured on 2 CPU cores: a 10-step decode of 32 rows, 1.3 ms -> 0.7 ms.
+    for a 32-row batch; the timing is in ``benchmarks/RESULTS.md``, "Timings moved out of code
+    comments").
     """
 
     def __init__(self, obs_dim: int, x_dim: int, hidden: tuple[int, ...] | list[int], time_dim: int = 8, output_scale: float = 1.0,

@@ -2,15 +2,15 @@
 
 Why our own env class instead of ``torchrl.envs.DMControlEnv``: TorchRL pays its per-step
 TensorDict bookkeeping (spec checks, ``step_mdp``, key routing) once per ``EnvBase.step``. With one
-dm_control instance per env that overhead is ~25x the physics (DESIGN.md measured a collector over
-one ``DMControlEnv`` at ~4% of raw speed). Here N instances live in one ``EnvBase`` of batch size
+dm_control instance per env that overhead is many times the physics of a step. Here N instances
+live in one ``EnvBase`` of batch size
 ``[N]``: the TensorDict cost is paid once per N physics steps, and the per-env work is a tight
 Python loop writing into preallocated NumPy buffers.
 
-Why our own worker processes instead of ``torchrl.envs.ParallelEnv`` (``num_workers > 1``): measured
-on 2 cores, ``ParallelEnv`` over two 64-env batches ran at 0.36 of raw physics speed *per core*
-(its parent process spins on shared-memory events and pays TensorDict traffic per step, so three
-busy processes share two cores). Here the parent steps one shard of the batch itself while each
+Why our own worker processes instead of ``torchrl.envs.ParallelEnv`` (``num_workers > 1``): its
+parent process spins on shared-memory events and pays TensorDict traffic per step, so on a small
+machine three busy processes share two cores and each runs far below raw physics speed (the rates
+are in ``benchmarks/RESULTS.md``'s archive, ``benchmarks/logs/2026-11-22_to_2026-12-01_results.md``). Here the parent steps one shard of the batch itself while each
 worker steps another, all writing into one shared-memory block; the parent blocks on a pipe (no
 spinning), and a step costs one tiny message per worker. A worker that dies ends the run with
 :class:`~gorl.errors.EnvWorkerError` at once instead of hanging.
@@ -120,8 +120,8 @@ class _Shard:
         self.slices = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
         self.bufs = bufs
         # Per env, one view of its observation row per dm_control entry, shaped like the entry:
-        # writing an observation is then one plain copy per entry (measured 4-5x cheaper than
-        # flattening each entry per step, ~0.4 ms per 64-env batch).
+        # writing an observation is then one plain copy per entry instead of a flatten per entry
+        # per step (the gain is in the archive of benchmarks/RESULTS.md, 2026-11-23 runs).
         self._obs_views = (
             [[bufs["obs"][row, a:b].reshape(shape) for (a, b), shape in zip(self.slices, shapes)] for row in range(self.start, self.stop)]
             if "obs" in bufs else []
@@ -170,9 +170,8 @@ class _Shard:
 
 
 # How long a process polls its pipe before it blocks on it. A process blocked on a pipe is woken by
-# the OS, and on a virtual machine that costs: measured here, a pipe round trip to a process idle
-# for 5 ms took 0.9 ms median (2.3 ms at p90) against 0.09 ms to one that was polling, with env
-# steps of 5-10 ms. Worker and parent therefore poll between the steps of a rollout (yielding the
+# the OS, and on a virtual machine that wake-up costs a sizeable part of an env step (the round
+# trips are in the archive of benchmarks/RESULTS.md, 2026-11-23). Worker and parent therefore poll between the steps of a rollout (yielding the
 # core to any runnable process), and only block when a gap outlasts this: during updates, evaluations.
 SPIN_S = 0.02
 _yield = getattr(os, "sched_yield", lambda: None)  # not on Windows
@@ -310,8 +309,8 @@ class DMControlBatchEnv(EnvBase):
         data = {"observation": torch.from_numpy(b["obs"].copy()), "terminated": term, "truncated": trunc, "done": term | trunc}
         if with_reward:
             data["reward"] = torch.from_numpy(b["rew"].copy())
-        # On the env's device: a device-less output is re-cast by TorchRL on every step (measured:
-        # the env layer's per-batch cost outside physics 0.39 -> 0.28 ms).
+        # On the env's device: a device-less output is re-cast by TorchRL on every step (the cost
+        # is in the archive of benchmarks/RESULTS.md, 2026-11-23 evening runs).
         return TensorDict(data, batch_size=self.batch_size, device=self.device)
 
     # --- EnvBase API -------------------------------------------------------------------------

@@ -35,9 +35,9 @@ Process-wide settings made on import, before JAX starts:
 Simulator pipeline (``impl``): ``jax`` is MJX's original pure-JAX pipeline, ``warp`` calls MuJoCo
 Warp kernels from JAX (Playground 0.2.0's suite configs default to it). Both simulate the same
 model with the same solver settings. ``jax`` is our default: on this project's 2-core CPU machine it
-stepped 1.4-6.4x faster than ``warp`` once compiled (``benchmarks/throughput.py --mjx``, RESULTS.md
-§3), though its first compile takes several times longer (60-100 s against 10-30 s with a warm
-Warp kernel cache). The authors' pinned ``mujoco-mjx==3.3.6`` / ``playground==0.0.5`` predate
+stepped faster than ``warp`` once compiled, though its first compile takes longer (the rates and
+compile times: ``benchmarks/RESULTS.md`` §4, "The MJX backend against dm_control", from
+``benchmarks/throughput.py --mjx``). The authors' pinned ``mujoco-mjx==3.3.6`` / ``playground==0.0.5`` predate
 Playground's ``impl`` option as we use it; on a GPU, where Warp is designed to be fast, try
 ``env.mjx_impl: warp`` (not measured by us).
 
