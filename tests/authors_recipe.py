@@ -1,11 +1,13 @@
 """The authors' current GoRL recipe, copied by hand from bennidict23/GoRL at commit
-8a0209c5c3e54786f5ee889ffb7852f296d2c392 (the ICML 2026 release), dm_control profile:
+8a0209c5c3e54786f5ee889ffb7852f296d2c392 (the ICML 2026 release), dm_control and humanoid profiles:
 
 - ``configs/methods/gorl_fm.toml`` and ``configs/methods/gorl_diffusion.toml``: ``[ppo]``,
   ``[ppo.stage0]``, ``[ppo.later_stages]``, ``[profile_overrides.dm_control.*]``, ``[collection]``,
   ``[decoder]``, ``[evaluation]``;
 - ``configs/tasks/{CheetahRun,FingerSpin,FingerTurnHard,FishSwim,HopperStand,WalkerWalk}.toml``:
-  task-level sections and ``[method_overrides.<method>.*]``.
+  task-level sections and ``[method_overrides.<method>.*]``;
+- ``configs/tasks/{HumanoidStand,HumanoidRun}.toml`` with the methods' ``[profile_overrides.humanoid.*]``
+  (the ``HUMANOID_*`` tables; how their humanoid pipeline runs: ``docs/humanoid_recipes.md``).
 
 Their precedence (``src/gorl/config.py``, ``load_run_config`` / ``resolve_stage_settings``): the
 method file, then the task's top-level sections, then the method's dm_control profile overrides,
@@ -93,3 +95,83 @@ def authors_ppo(task: str, method: str, stage: int) -> dict:
 
 def authors_decoder(task: str, method: str) -> dict:
     return {**METHOD_DECODER[method], **METHOD_OVERRIDES_DECODER.get((task, method), {})}
+
+
+# --- Humanoid profile: configs/tasks/Humanoid{Stand,Run}.toml and [profile_overrides.humanoid.*] ------
+# Under ``profile = "humanoid"`` their dm_control profile tables do not apply (``load_run_config``
+# merges only the task's declared profile): no z_regularization, no max_grad_norm unless a task sets
+# one. Their teacher (a Brax PPO run on their stage-0 PPO values) comes before the latent stages.
+HUMANOID_TASKS = {"HumanoidStand": "humanoid-stand", "HumanoidRun": "humanoid-run"}
+HUMANOID_STAGE_STEPS = {"HumanoidStand": [60_000_000, 60_000_000, 30_000_000, 30_000_000],
+                        "HumanoidRun": [60_000_000, 60_000_000]}
+HUMANOID_TEACHER_REQUESTED_STEPS = 180_000_000
+HUMANOID_TEACHER_ACTUAL_STEPS = 185_794_560  # their teacher_actual_env_steps
+HUMANOID_PPO = {  # method [ppo.stage0] / [ppo.later_stages] learning rates, then [profile_overrides.humanoid.ppo.*]
+    "stage0": {"learning_rate": 0.001, "clip_epsilon": 0.3},
+    "later_stages": {"learning_rate": 0.001, "clip_epsilon": 0.3},
+}
+HUMANOID_METHOD_OVERRIDES_PPO = {
+    ("HumanoidStand", "gorl_fm"): {"later_stages": {"learning_rate": 0.0003}},
+    ("HumanoidStand", "gorl_diffusion"): {"stage1": {"learning_rate": 0.0003},
+                                          "stage2": {"learning_rate": 0.0001, "max_grad_norm": 0.5},
+                                          "stage3": {"learning_rate": 0.0001, "max_grad_norm": 0.5}},
+    ("HumanoidRun", "gorl_fm"): {"later_stages": {"learning_rate": 0.001}},
+    ("HumanoidRun", "gorl_diffusion"): {"stage1": {"learning_rate": 0.001}},
+}
+HUMANOID_TRAINING = {  # [method_overrides.<method>.training]
+    ("HumanoidStand", "gorl_fm"): {"encoder_handoff": "best", "stage0_encoder_initialization": "fresh"},
+    ("HumanoidStand", "gorl_diffusion"): {"encoder_handoff": "best", "stage0_encoder_initialization": "fresh"},
+    ("HumanoidRun", "gorl_fm"): {"encoder_handoff": "best", "stage0_encoder_initialization": "teacher_warm_start"},
+    ("HumanoidRun", "gorl_diffusion"): {"encoder_handoff": "final", "stage0_encoder_initialization": "teacher_warm_start"},
+}
+HUMANOID_DECODER = {  # resolved per decoder stage K (K = 0: the fit on the teacher's data)
+    ("HumanoidStand", "gorl_fm"): {
+        "base": {"type": "fm", "hidden_sizes": [128] * 4, "early_stopping_patience": 20},
+        "stage0": {"epochs": 100, "initialization": "fresh", "pairwise_loss_weight": 0.0},
+        "later_stages": {"epochs": 20, "initialization": "warm"},
+        "stage1": {"pairwise_loss_weight": 0.1}, "stage2": {"pairwise_loss_weight": 100.0},
+        "stage3": {"pairwise_loss_weight": 100.0}},
+    ("HumanoidStand", "gorl_diffusion"): {
+        "base": {"type": "diffusion", "hidden_sizes": [128] * 4, "early_stopping_patience": 20},
+        "stage0": {"type": "fm", "epochs": 100, "initialization": "fresh", "pairwise_loss_weight": 0.0},
+        "later_stages": {"type": "diffusion", "epochs": 50, "initialization": "warm", "pairwise_loss_weight": 0.1,
+                         "diffusion_schedule": "cosine_alpha_bar", "output_scale": 1.0},
+        "stage1": {"type": "diffusion", "epochs": 50, "initialization": "fresh", "pairwise_loss_weight": 0.1}},
+    ("HumanoidRun", "gorl_fm"): {
+        "base": {"type": "fm", "hidden_sizes": [128] * 4, "early_stopping_patience": 20, "epochs": 100,
+                 "initialization": "fresh", "pairwise_loss_weight": 0.0}},
+    ("HumanoidRun", "gorl_diffusion"): {
+        "base": {"type": "diffusion", "hidden_sizes": [128] * 4, "early_stopping_patience": 20, "epochs": 50,
+                 "initialization": "fresh", "pairwise_loss_weight": 0.0, "diffusion_schedule": "cosine_alpha_bar",
+                 "output_scale": 1.0}},
+}
+HUMANOID_EPISODES = {  # (teacher_episodes, episodes of the later refits)
+    "HumanoidStand": (1024, 128), "HumanoidRun": (1024, 1024),
+}
+
+
+def brax_actual_steps(requested: int, update_frames: int = 983_040, eval_intervals: int = 9) -> int:
+    """Frames a Brax PPO run of ``requested`` frames takes: whole updates in each of the 9 intervals
+    between its 10 evaluations (their ``_resolved_actual_steps``, src/gorl/humanoid/pipeline.py)."""
+    per_interval = -(-requested // (eval_intervals * update_frames))
+    return eval_intervals * per_interval * update_frames
+
+
+def _resolve_staged(layers: list[dict], stage: int) -> dict:
+    values: dict = {}
+    for level in ("base", "stage0" if stage == 0 else "later_stages", f"stage{stage}"):
+        for layer in layers:
+            values.update(layer.get(level, {}))
+    return values
+
+
+def authors_humanoid_ppo(task: str, method: str, stage: int) -> dict:
+    """Their resolved PPO settings of latent stage ``stage`` (their teacher uses stage 0's);
+    ``max_grad_norm`` is ``None`` where nothing sets it (Brax's default)."""
+    values = {"max_grad_norm": None}
+    values.update(_resolve_staged([HUMANOID_PPO, HUMANOID_METHOD_OVERRIDES_PPO[(task, method)]], stage))
+    return values
+
+
+def authors_humanoid_decoder(task: str, method: str, stage: int) -> dict:
+    return _resolve_staged([HUMANOID_DECODER[(task, method)]], stage)
