@@ -270,11 +270,13 @@ class StageCycle:
             self.decoder_iteration()
         st.iteration += 1
         self.host.record_metrics({"loop/stage": st.stage, "loop/phase": float(st.phase != "encoder"), "loop/frames": st.frames,
-                       "loop/collect_frames": st.collect_frames})
+                                  "loop/collect_frames": st.collect_frames})
         return st.phase == "done"
 
     # --- 1. the encoder phase ----------------------------------------------------------------------
     def encoder_iteration(self) -> None:
+        """One update of the encoder on fresh rollouts through the frozen acting decoder; the
+        evaluations the schedule asks for; the end of the phase once its frames are spent."""
         st, cfg, host = self.state, self.loop_cfg, self.host
         if st.eval_before_update(cfg):  # the authors evaluate stage 0's untrained policy too
             self.evaluate()

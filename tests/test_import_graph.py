@@ -42,7 +42,7 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
                     base = ".".join(anchor + ([base] if base else []))
                 # ``from gorl import boundary`` imports the module gorl.boundary; ``from gorl.loop
                 # import LoopConfig`` imports gorl.loop.
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             for target in targets:
                 if target in modules and target != name:
                     graph[name].add(target)
