@@ -193,6 +193,8 @@ class StageHost(Protocol):
         ...
 
     def optimizer(self, which: Which) -> torch.optim.Optimizer:
+        """The encoder's or the decoder's optimiser (per-stage schedules set it; a new stage or a new
+        fit clears its moments)."""
         ...
 
     def optimize(self, which: Which, loss: torch.Tensor, max_norm: float | None = None) -> None:
@@ -416,10 +418,10 @@ class StageCycle:
         rec.drop_from_best = prev.best - rec.initial
         rec.drop_from_final = prev.final - rec.initial
         self.host.record_metrics({"stage/initial_return": rec.initial, "stage/drop_from_best": rec.drop_from_best,
-                       "stage/drop_from_final": rec.drop_from_final, "stage/fit_steps": prev.fit_steps,
-                       "stage/best_val_loss": prev.best_val_loss,
-                       # a wall time: under perf/ with the other timings, which runs of one seed need not share
-                       "perf/fit_seconds": prev.fit_seconds})
+                                  "stage/drop_from_final": rec.drop_from_final, "stage/fit_steps": prev.fit_steps,
+                                  "stage/best_val_loss": prev.best_val_loss,
+                                  # a wall time: under perf/ with the other timings, which runs of one seed need not share
+                                  "perf/fit_seconds": prev.fit_seconds})
         rank_zero_info(
             f"[gorl] stage {st.stage} starts at eval return {rec.initial:.1f} "
             f"(stage {st.stage - 1}: best {prev.best:.1f}, final {prev.final:.1f}; "
