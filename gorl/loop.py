@@ -1,8 +1,4 @@
-"""The two-timescale stage loop as a small, checkpointable state machine.
-
-Lightning 2.x has no public Loop API, so the alternation lives here and the system advances it one
-*iteration* per ``training_step`` (an iteration = one PPO update, or one decoder-refinement step).
-Everything a resumed run needs to carry on mid-stage is in :meth:`LoopState.state_dict`.
+"""The stage plan: how many encoder-phase frames each stage gets, and when a stage is evaluated.
 
 Plan, for ``stages = [F0, F1, ...]`` (encoder-phase env frames per stage)::
 
@@ -11,11 +7,10 @@ Plan, for ``stages = [F0, F1, ...]`` (encoder-phase env frames per stage)::
                   -> encoder phase for Fk frames
     done
 
-What happens at a stage boundary lives in :mod:`gorl.boundary`; the per-stage record it keeps
-(initial / best / final return, frames, decoder fit) is ``LoopState.history``.
-
-Frames counted here are encoder-phase frames (the paper's budget); frames spent collecting the
-decoder's dataset are counted separately in ``collect_frames``.
+The cycle that walks this plan, its checkpointable state (``LoopState``) and what happens at a
+stage boundary live in :mod:`gorl.stage_cycle`. Lightning 2.x has no public Loop API, so the system
+advances that cycle one *iteration* per ``training_step`` (an iteration = one encoder update, or one
+step of a decoder refit).
 
 When a stage is evaluated (``LoopConfig.evals_per_stage = N``, ``eval_schedule: authors``): as the
 authors' ``train_stage`` (``src/gorl/algorithms/dm_control_training.py`` at bennidict23/GoRL@8a0209c),
@@ -26,15 +21,13 @@ evaluations per stage, the best of which is the stage's agent (:func:`authors_ev
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from gorl.errors import ConfigError
 
-Phase = Literal["encoder", "decoder", "done"]
 EvalSchedule = Literal["authors", "even"]
 
 
@@ -99,61 +92,3 @@ class LoopConfig:
     @property
     def total_frames(self) -> int:
         return int(sum(self.stages))
-
-
-@dataclass
-class LoopState:
-    """Where the run is. Plain numbers only, so it serialises into any checkpoint."""
-
-    stage: int = 0
-    phase: Phase = "encoder"
-    frames: int = 0  # encoder-phase frames, all stages
-    stage_frames: int = 0  # encoder-phase frames in the current stage
-    stage_updates: int = 0  # encoder updates in the current stage
-    collect_frames: int = 0  # frames spent collecting decoder datasets
-    last_eval_frames: int = -1
-    best_return: float = float("-inf")  # best deterministic eval return of this stage
-    iteration: int = 0
-    # One record per stage (gorl.boundary.StageRecord as a dict): plain numbers, so it checkpoints.
-    history: list[dict] = field(default_factory=list)
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-    # --- transitions ---------------------------------------------------------------------------
-    def encoder_phase_over(self, cfg: LoopConfig) -> bool:
-        return self.stage_frames >= int(cfg.stages[self.stage])
-
-    def eval_before_update(self, cfg: LoopConfig) -> bool:
-        """Whether stage 0 is to be evaluated now, before its first update (the authors' schedule;
-        later stages get that evaluation at the boundary, :func:`gorl.boundary.begin_stage`)."""
-        return cfg.authors_schedule and self.stage == 0 and self.stage_updates == 0 and self.last_eval_frames < 0
-
-    def stage_update_count(self, cfg: LoopConfig) -> int:
-        """Updates the current stage will make: its frame budget over the frames of one update,
-        rounded up (the phase runs until the budget is reached); known after the first update."""
-        per_update = self.stage_frames / max(self.stage_updates, 1)
-        return max(1, math.ceil(int(cfg.stages[self.stage]) / per_update))
-
-    def eval_due(self, cfg: LoopConfig) -> bool:
-        """Whether to evaluate after the update just made (the end of a phase is always evaluated)."""
-        if cfg.authors_schedule:
-            if self.stage_updates == 0:
-                return False
-            return self.stage_updates in authors_eval_updates(self.stage_update_count(cfg), cfg.evals_per_stage)
-        return self.last_eval_frames < 0 or self.frames - self.last_eval_frames >= cfg.eval_interval(self.stage)
-
-    def end_encoder_phase(self, cfg: LoopConfig) -> Phase:
-        self.phase = "done" if self.stage + 1 >= len(cfg.stages) else "decoder"
-        return self.phase
-
-    def start_next_stage(self) -> None:
-        self.stage += 1
-        self.phase = "encoder"
-        self.stage_frames = 0
-        self.stage_updates = 0
-        self.best_return = float("-inf")

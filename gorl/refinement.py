@@ -1,6 +1,6 @@
 """Decoder refinement: fit a decoder, from the fixed prior, onto the best encoder's behaviour.
 
-At the end of an encoder phase (the system drives these steps, one per ``training_step``):
+At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one per ``training_step``):
 
 1. **collect** — with the stage's best encoder restored and frozen, roll out *stochastic* latents
    through the current decoder and keep ``(observation, pre-tanh action)`` pairs with their episode

@@ -1,13 +1,15 @@
-"""GoRLSystem: the top-level LightningModule that owns encoder, decoders and the stage loop.
+"""GoRLSystem: the LightningModule that owns encoder, decoders, envs and collector, and runs the
+stage cycle.
 
 Lightning drives it like any module (``Trainer.fit``), but one ``training_step`` is one *iteration*
-of the GoRL loop (:mod:`gorl.loop`): during an encoder phase, a TorchRL collector rollout and one PPO
-update of the encoder (:class:`~gorl.encoders.EncoderModule` by default); during a decoder refinement, the dataset collection
-or one epoch of decoder fitting (:mod:`gorl.refinement`). The "batches" Lightning feeds it are just
-ticks; the data comes from the collector, built in :meth:`on_fit_start`, once Lightning has moved
-the module to its device (``setup`` runs before that move, so a collector built there would act
-with a CPU policy beside CUDA weights).
-Optimisation is manual because one iteration takes many optimiser steps of one of two optimisers.
+of the GoRL stage cycle (:mod:`gorl.stage_cycle`, which holds the algorithm: encoder phases,
+decoder refits, install, reset, evaluation, the stage's best encoder). This module is the cycle's
+:class:`~gorl.stage_cycle.StageHost`: it builds the envs and the TorchRL collector, moves data to
+the networks' device, steps the optimisers (manual optimisation: one iteration takes many steps of
+one of two optimisers), evaluates, writes metric rows and checkpoints. The "batches" Lightning feeds
+it are just ticks; the data comes from the collector, built in :meth:`on_fit_start`, once Lightning
+has moved the module to its device (``setup`` runs before that move, so a collector built there
+would act with a CPU policy beside CUDA weights).
 
 The policy the env sees is ``observation -> encoder latent -> decoder -> tanh``
 (:class:`~gorl.policy.LatentPolicy`), whose decoder slot dispatches to the identity in stage 0 and
@@ -16,9 +18,9 @@ to the fitted decoder afterwards.
 
 from __future__ import annotations
 
-import math
 import random
 import time
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import lightning.pytorch as pl
@@ -30,20 +32,19 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
-from gorl import boundary
 from gorl.acceleration import GraphedChain, SpeedConfig
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
-from gorl.distributed import broadcast_module_
 from gorl.encoders import EncoderModule, LatentEncoder
 from gorl.envs.factory import EnvConfig, env_dims, make_env
-from gorl.errors import CheckpointError, ConfigError, EnvWorkerError, NonFiniteError
+from gorl.errors import CheckpointError, ConfigError, EnvWorkerError
 from gorl.evaluation import episode_returns, evaluate
 from gorl.inference import META_KEY, policy_meta
-from gorl.loop import LoopConfig, LoopState
+from gorl.loop import LoopConfig
 from gorl.networks import ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
-from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, split_by_episode, top_q_episodes
+from gorl.refinement import DecoderFit, RefinementConfig
+from gorl.stage_cycle import LoopState, StageCycle, Which, check_observations, summary_table
 
 EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
@@ -83,6 +84,9 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
+
+
+_OPTIMIZERS = {"encoder": 0, "decoder": 1}  # positions in configure_optimizers' list
 
 
 class _Ticks(IterableDataset):
@@ -142,9 +146,6 @@ class GoRLSystem(pl.LightningModule):
             # Stage 0 decodes with the identity, which needs latent size == action size.
             raise ConfigError(f"encoder latent_dim ({self.encoder.latent_dim}) must equal the action dim ({act_dim}) for stage 0")
         self.squash = ActionSquash(low, high)
-        self.loop_state = LoopState()
-        self.best_encoder: dict[str, torch.Tensor] | None = None
-        self.fit_state: DecoderFit | None = None
         self._ep_return: torch.Tensor | None = None
         self._finished = {"sum": None, "count": None}  # training episodes ended since the last row
         self._guard: FiniteGuard | None = None
@@ -155,6 +156,32 @@ class GoRLSystem(pl.LightningModule):
         self.latest: dict[str, float] = {}
         self.encoder.bind(self._decode, self.squash)
         self.policy = LatentPolicy(self.encoder.act, self._decode, self.squash)
+        # The algorithm: stage plan, encoder phases, refits, install and reset (a plain object, not a
+        # submodule: the modules it drives are registered here, once).
+        self.cycle = StageCycle(self, self.encoder, self.decoder, self.trainee, partial(self._make_decoder, obs_dim, act_dim),
+                                self.policy, self.loop_cfg, self.refine_cfg, self.seed)
+
+    # --- the cycle's state, as callbacks and tools read it ---------------------------------------
+    @property
+    def loop_state(self) -> LoopState:
+        return self.cycle.state
+
+    @property
+    def fit_state(self) -> DecoderFit | None:
+        """The decoder refit in progress (``None`` outside a refit, and while collecting its data)."""
+        return self.cycle.fit
+
+    @property
+    def best_encoder(self) -> dict[str, torch.Tensor] | None:
+        return self.cycle.best_encoder
+
+    @best_encoder.setter
+    def best_encoder(self, snapshot: dict[str, torch.Tensor] | None) -> None:
+        self.cycle.best_encoder = snapshot
+
+    @property
+    def last_eval_return(self) -> float | None:
+        return self.cycle.last_eval_return
 
     # --- envs: TorchRL envs are nn.Modules, but not part of the model. Kept in a plain dict so they
     # stay out of state_dict (checkpoints), .to(device) and DDP's parameter broadcast.
@@ -242,13 +269,11 @@ class GoRLSystem(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._t_start = time.perf_counter()
-        if getattr(self, "_restore_best_at_start", False) and self.best_encoder is not None:
-            self.encoder.restore(self.best_encoder)  # weights were loaded after on_load_checkpoint
-            self._restore_best_at_start = False
+        self.cycle.on_train_start()  # weights were loaded after on_load_checkpoint
 
     def on_train_end(self) -> None:
         st = self.loop_state
-        last = getattr(self, "last_eval_return", float("nan"))
+        last = float("nan") if self.last_eval_return is None else self.last_eval_return
         stopped = getattr(self, "stopped_by", None)  # a signal (gorl.callbacks.FrameCheckpoint)
         rank_zero_info(
             f"[gorl] {f'stopped by {stopped} in' if stopped else 'finished'} stage {st.stage} ({st.phase}) after {st.frames:,} env frames "
@@ -257,20 +282,13 @@ class GoRLSystem(pl.LightningModule):
         )
         if st.history:
             rank_zero_info(f"[gorl] per stage ({self.env_cfg.eval_envs} deterministic eval episodes per evaluation):\n"
-                           + boundary.summary_table(st.history))
+                           + summary_table(st.history))
 
     # --- one iteration ---------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        st = self.loop_state
-        if st.phase == "encoder":
-            self._encoder_iteration()
-        elif st.phase == "decoder":
-            self._decoder_iteration()
-        st.iteration += 1
-        self.record_metrics({"loop/stage": st.stage, "loop/phase": float(st.phase != "encoder"), "loop/frames": st.frames,
-                      "loop/collect_frames": st.collect_frames})
+        done = self.cycle.iteration()
         self._flush_metrics()
-        if st.phase == "done":
+        if done:
             self.trainer.should_stop = True
 
     # --- metrics -------------------------------------------------------------------------------
@@ -292,14 +310,59 @@ class GoRLSystem(pl.LightningModule):
                 logger.log_metrics(dict(self._row), step=self.loop_state.iteration)
         self._row = {}
 
-    def _optimize(self, optimizer, loss: torch.Tensor, max_norm: float | None = None) -> None:
-        guarded_step(self, optimizer, loss, max_norm, self._where(), self._guard)
+    # --- the cycle's host (gorl.stage_cycle.StageHost) ------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size
 
-    def _check_finite(self) -> None:
+    def optimizer(self, which: Which) -> torch.optim.Optimizer:
+        return self.optimizers()[_OPTIMIZERS[which]].optimizer
+
+    def optimize(self, which: Which, loss: torch.Tensor, max_norm: float | None = None) -> None:
+        guarded_step(self, self.optimizers()[_OPTIMIZERS[which]], loss, max_norm, self.cycle.where(), self._guard)
+
+    def check_finite(self) -> None:
         """Read the deferred finiteness flags of the steps just taken (CUDA runs; a no-op on CPU,
         where each step checks itself)."""
         if self._guard is not None:
-            self._guard.raise_if_bad(self._where())
+            self._guard.raise_if_bad(self.cycle.where())
+
+    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(value, reduce_op="mean")
+
+    def evaluate_returns(self) -> tuple[float, float]:
+        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps)
+        mean = float(self.trainer.strategy.reduce(returns.mean().to(self.device), reduce_op="mean"))
+        return mean, float(returns.std()) if returns.numel() > 1 else 0.0
+
+    def encoder_rollout(self) -> TensorDictBase:
+        rollouts = []
+        for _ in range(self.encoder.rollouts_per_update):  # same weights for all of them (Brax's PPO)
+            rollouts.append(self._next_rollout())
+            self._track_returns(rollouts[-1])  # per env copy, so per rollout
+        rollout = rollouts[0] if len(rollouts) == 1 else torch.cat(rollouts, 0)
+        # One host read per update: the observation check covers all its rollouts at once.
+        check_observations(rollout, self.cycle.where())
+        rollout = self._to_module_device(rollout)
+        self.last_rollout = rollout  # for callbacks (e.g. probe states of the distribution logger)
+        self._record_train_return()
+        return rollout
+
+    def training_env_batch(self) -> TensorDictBase:
+        rollout = self._next_rollout()
+        check_observations(rollout, self.cycle.where())
+        return rollout
+
+    def refit_env(self, stage: int) -> EnvBase:
+        """The env the decoder's data is collected on (``refinement.collect_from: reset``): its own
+        ``refinement.collect_envs`` copies, built at the first refit, seeded anew per stage (so a
+        resumed run collects what an uninterrupted one would)."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        seed = self.seed + 10_000 * rank + 2_000_000
+        if "refit" not in self._envs:
+            self._envs["refit"] = make_env(self.env_cfg, seed=seed, num_envs=self.refine_cfg.collect_envs, num_workers=1)
+        self._envs["refit"].set_seed(seed + 1_000 * stage)
+        return self._envs["refit"]
 
     def _next_rollout(self) -> TensorDictBase:
         # Collection runs torch on one thread: the acting networks' matrices are too small to gain
@@ -318,11 +381,6 @@ class GoRLSystem(pl.LightningModule):
             torch.set_num_threads(threads)
         return rollout
 
-    def _check_observations(self, rollout: TensorDictBase) -> None:
-        # One host read per call: the encoder phase checks its whole update's rollouts at once.
-        if not bool(torch.isfinite(rollout.get("observation")).all()):
-            raise NonFiniteError(f"non-finite observation from the env in the {self._where()}")
-
     def _to_module_device(self, data: TensorDictBase) -> TensorDictBase:
         """The rollout's one host-to-device crossing: envs (dm_control) fill CPU tensors, the
         update runs where the networks are. Pinned first so the copy is a single DMA transfer; on an
@@ -333,119 +391,7 @@ class GoRLSystem(pl.LightningModule):
             data = data.pin_memory()
         return data.to(self.device, non_blocking=True)
 
-    def _where(self) -> str:
-        st = self.loop_state
-        return f"{st.phase} phase, stage {st.stage}, frame {st.frames}"
-
-    def _encoder_iteration(self) -> None:
-        st, cfg = self.loop_state, self.loop_cfg
-        if st.eval_before_update(cfg):  # the authors evaluate stage 0's untrained policy too
-            self.evaluate()
-            boundary.record(self)["initial"] = self.last_eval_return
-        t0 = time.perf_counter()
-        rollouts = []
-        for _ in range(self.encoder.rollouts_per_update):  # same weights for all of them (Brax's PPO)
-            rollouts.append(self._next_rollout())
-            self._track_returns(rollouts[-1])  # per env copy, so per rollout
-        rollout = rollouts[0] if len(rollouts) == 1 else torch.cat(rollouts, 0)
-        self._check_observations(rollout)
-        rollout = self._to_module_device(rollout)
-        t1 = time.perf_counter()
-        self.last_rollout = rollout  # for callbacks (e.g. probe states of the distribution logger)
-        enc_opt = self.optimizers()[0]
-        self.encoder.set_stage(st.stage, enc_opt)
-        metrics = self.encoder.train_on(rollout, lambda loss, norm: self._optimize(enc_opt, loss, norm), st.stage)
-        self._check_finite()
-        t2 = time.perf_counter()
-        frames = rollout.numel() * self.trainer.world_size
-        st.frames += frames
-        st.stage_frames += frames
-        st.stage_updates += 1
-        self.record_metrics({f"encoder/{k}": v for k, v in metrics.items()})
-        self.record_metrics({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
-        self._record_train_return()
-        phase_over = st.encoder_phase_over(cfg)
-        if st.eval_due(cfg) or phase_over:
-            self.evaluate()
-        if phase_over:
-            boundary.end_encoder_phase(self)
-
-    def evaluate(self) -> None:
-        st = self.loop_state
-        t0 = time.perf_counter()
-        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps)
-        mean = float(self.trainer.strategy.reduce(returns.mean().to(self.device), reduce_op="mean"))
-        self.record_metrics({"perf/eval_seconds": time.perf_counter() - t0})
-        st.last_eval_frames = st.frames
-        if mean > st.best_return:
-            st.best_return = mean
-            self.best_encoder = self.encoder.snapshot()
-        self.record_metrics({"eval/return": mean, "eval/return_std": float(returns.std()) if returns.numel() > 1 else 0.0})
-        self.last_eval_return = mean
-        rank_zero_info(f"[gorl] stage {st.stage} | frames {st.frames:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f}")
-
-    def _refit_env(self) -> EnvBase:
-        """The env the decoder's data is collected on (``refinement.collect_from: reset``): its own
-        ``refinement.collect_envs`` copies, built at the first refit, seeded anew per stage (so a
-        resumed run collects what an uninterrupted one would)."""
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        seed = self.seed + 10_000 * rank + 2_000_000
-        if "refit" not in self._envs:
-            self._envs["refit"] = make_env(self.env_cfg, seed=seed, num_envs=self.refine_cfg.collect_envs, num_workers=1)
-        self._envs["refit"].set_seed(seed + 1_000 * self.loop_state.stage)
-        return self._envs["refit"]
-
-    def _decoder_iteration(self) -> None:
-        st, rc = self.loop_state, self.refine_cfg
-        dec_opt = self.optimizers()[1]
-        t0 = time.perf_counter()
-        rec = boundary.record(self)
-        if self.fit_state is None:
-            # Collect with the best encoder, frozen; then start a fresh (or warm) decoder.
-            per_rank = lambda n: None if n is None else math.ceil(n / self.trainer.world_size)  # noqa: E731
-            if rc.collect_from == "reset":  # complete episodes of the best encoder from env reset
-                data, frames = collect_from_reset(self._refit_env(), self.policy, rc.max_episode_steps, per_rank(rc.episodes),
-                                                  None if rc.episodes is not None else per_rank(rc.transitions), rc.keeps_latent)
-                self._check_observations(data)
-            else:
-                data, frames = collect(iter(self._next_checked_rollout, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
-            st.collect_frames += frames * self.trainer.world_size
-            rec["decoder_data"] = frames * self.trainer.world_size
-            if rc.top_q is not None:
-                data = top_q_episodes(data, rc.top_q)
-            data = clip_targets(data, rc.target_clip)
-            gen = torch.Generator().manual_seed(self.seed + st.stage)
-            train, val = split_by_episode(data, rc.val_fraction, gen)
-            init = self.decoder if (rc.warm_start and st.stage > 0) else self._make_decoder(self.obs_dim, self.act_dim)
-            self.trainee.load_state_dict(init.state_dict())
-            broadcast_module_(self.trainee)  # a fresh init draws rank-local random numbers
-            self.trainee.fit_obs_statistics(train["observation"].to(self.device))
-            dec_opt.optimizer.state.clear()
-            self.fit_state = DecoderFit(rc, train, val)
-            self.record_metrics({"decoder/dataset_size": len(data)})
-            rank_zero_info(f"[gorl] stage {st.stage}: refining the decoder on {len(train):,} train / {len(val):,} val pairs "
-                           f"for {self.fit_state.total_steps:,} steps")
-            rec["fit_seconds"] += time.perf_counter() - t0
-            return
-        fit = self.fit_state
-        metrics = fit.step(self.trainee, lambda loss: self._optimize(dec_opt, loss), reduce=lambda x: self.trainer.strategy.reduce(x, reduce_op="mean"))
-        self._check_finite()
-        rec["fit_seconds"] += time.perf_counter() - t0
-        self.record_metrics({f"decoder/{k}": v for k, v in metrics.items()})
-        stop = "" if rc.patience is None else f", {fit.bad_rounds}/{rc.patience} without improvement"
-        rank_zero_info(
-            f"[gorl] stage {st.stage} decoder step {fit.steps:,}/{fit.total_steps:,}: train loss {metrics['train_loss']:.4f}, "
-            f"val loss {metrics['val_loss']:.4f} (best {rc.checkpoint_metric} {fit.best_val:.4f}{stop})"
-        )
-        if fit.done:
-            self.fit_state = None
-            boundary.begin_stage(self, fit)
-
-    def _next_checked_rollout(self) -> TensorDictBase:
-        rollout = self._next_rollout()
-        self._check_observations(rollout)
-        return rollout
-
+    # --- training-episode returns (train/return) ---------------------------------------------------
     def _track_returns(self, rollout: TensorDictBase) -> None:
         """Accumulate the (unscaled) returns of training episodes that end in a rollout ``[*batch, T]``.
 
@@ -484,9 +430,7 @@ class GoRLSystem(pl.LightningModule):
         # Everything the loop adds is stored as CPU tensors, so a checkpoint written on a GPU loads
         # on a CPU-only machine (Lightning's own state_dict is mapped to the CPU when loaded).
         checkpoint["gorl_loop"] = to_cpu({
-            "state": self.loop_state.state_dict(),
-            "best_encoder": self.best_encoder,
-            "fit": None if self.fit_state is None else self.fit_state.state_dict(),
+            **self.cycle.state_dict(),  # "state", "best_encoder", "fit"
             "rng": rng_state(),
             "encoder": self.encoder.checkpoint_state(),  # e.g. SAC's replay buffer
         })
@@ -501,20 +445,13 @@ class GoRLSystem(pl.LightningModule):
             if key not in mine or mine[key].shape != value.shape:
                 found = "missing here" if key not in mine else f"shape {tuple(value.shape)} vs {tuple(mine[key].shape)} here"
                 raise CheckpointError(f"checkpoint does not match this config: {key} ({found})")
-        self.loop_state.load_state_dict(saved["state"])
+        self.cycle.load_state_dict(saved)
         if "rng" in saved:
             set_rng_state(saved["rng"])
-        st = self.loop_state
-        if st.phase == "done" and st.stage + 1 < len(self.loop_cfg.stages):
-            # A finished run resumed with a longer plan: refine the decoder and go on.
-            st.phase = "decoder"
-            self._restore_best_at_start = True
-        self.best_encoder = saved["best_encoder"]
         if saved.get("encoder") is not None:
             self.encoder.load_checkpoint_state(saved["encoder"])
             if getattr(self.encoder, "buffer_size", 0):
                 rank_zero_info(f"[gorl] restored {self.encoder.buffer_size:,} replay transitions from the checkpoint")
-        self.fit_state = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refine_cfg, saved["fit"])
 
     # --- gorl validate ----------------------------------------------------------------------------
     # ``gorl validate --config X --ckpt_path C`` is LightningCLI's validate subcommand: one

@@ -239,7 +239,7 @@ def test_every_stage_starts_with_an_evaluation_before_any_update(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(system)
     hist = system.loop_state.history
-    assert [h["stage"] for h in hist] == [0, 1, 2]
+    assert [h.stage for h in hist] == [0, 1, 2]
     rows = list(csv.DictReader(open(tmp_path / "b" / "version_0" / "metrics.csv")))
     for k in (1, 2):
         stage_rows = [r for r in rows if r.get("loop/stage") and int(float(r["loop/stage"])) == k]
@@ -247,9 +247,9 @@ def test_every_stage_starts_with_an_evaluation_before_any_update(tmp_path):
         # the stage's first evaluation is the initial one, in a row with no encoder update
         assert first_eval.get("stage/initial_return") and not first_eval.get("encoder/loss")
         initial = float(first_eval["stage/initial_return"])
-        assert hist[k]["initial"] == pytest.approx(initial)
-        assert float(first_eval["stage/drop_from_final"]) == pytest.approx(hist[k - 1]["final"] - initial)
-        assert float(first_eval["stage/drop_from_best"]) == pytest.approx(hist[k - 1]["best"] - initial)
+        assert hist[k].initial == pytest.approx(initial)
+        assert float(first_eval["stage/drop_from_final"]) == pytest.approx(hist[k - 1].final - initial)
+        assert float(first_eval["stage/drop_from_best"]) == pytest.approx(hist[k - 1].best - initial)
         evals = [float(r["eval/return"]) for r in stage_rows if r.get("eval/return")]
-        assert hist[k]["best"] == pytest.approx(max(evals))  # the initial evaluation is a candidate
-        assert hist[k - 1]["fit_steps"] == 6
+        assert hist[k].best == pytest.approx(max(evals))  # the initial evaluation is a candidate
+        assert hist[k - 1].fit_steps == 6

@@ -204,13 +204,13 @@ def _eval_points(schedule: str) -> list[tuple[int, int]]:
         loop=LoopConfig(stages=[1280, 640], evals_per_stage=4, eval_schedule=schedule, eval_max_steps=10),
         refinement=RefinementConfig(transitions=64, collect_envs=8, max_episode_steps=10, steps=1, val_every=1, batch_size=32),
     )
-    points, evaluate = [], system.evaluate
+    points, evaluate_returns = [], system.evaluate_returns
 
     def spy():
         points.append((system.loop_state.stage, system.loop_state.stage_updates))
-        evaluate()
+        return evaluate_returns()
 
-    system.evaluate = spy
+    system.evaluate_returns = spy
     _fit(system, [])
     return points
 

@@ -10,6 +10,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+import gorl.stage_cycle
 import gorl.system
 from gorl.decoders import FlowDecoder
 from gorl.encoders import EncoderModule
@@ -107,7 +108,7 @@ def test_refit_data_is_collected_from_reset_by_the_best_encoder(monkeypatch):
         captured["out"] = collect_from_reset(*args, **kwargs)
         return captured["out"]
 
-    monkeypatch.setattr(gorl.system, "collect_from_reset", spy)
+    monkeypatch.setattr(gorl.stage_cycle, "collect_from_reset", spy)
 
     class Shift(pl.Callback):
         """After the first update (and its evaluation), move the policy's mean by +3: every later

@@ -1,6 +1,6 @@
 """The encoder interface: what the stage loop needs from *any* latent-policy optimiser.
 
-GoRL's claim is algorithm-agnostic: the loop (:mod:`gorl.system`) only ever asks an encoder to
+GoRL's claim is algorithm-agnostic: the loop (:mod:`gorl.stage_cycle`) only ever asks an encoder to
 
 - **act** in latent space (:meth:`LatentEncoder.act`): ``obs -> latent`` (+ whatever the algorithm
   needs stored with the transition, e.g. a log-prob); the system decodes and squashes it;

@@ -31,7 +31,6 @@ from gorl.errors import ConfigError
 
 TOY_TASKS = ("toy-bandit",)
 BACKENDS = ("dmc", "mjx")
-MJX_IMPLS = ("jax", "warp")  # MuJoCo Playground's ``impl`` config key (gorl/envs/mjx.py)
 
 
 @dataclass
@@ -72,8 +71,11 @@ class EnvConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(f"env.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "mjx":
-            if self.mjx_impl not in MJX_IMPLS:
-                raise ConfigError(f"env.mjx_impl must be one of {', '.join(MJX_IMPLS)}, got {self.mjx_impl!r}")
+            # The names live with the backend (mjx imports no JAX until an env is built, and factory
+            # imports mjx only here and where it builds one: the import goes one way).
+            from gorl.envs.mjx import check_impl
+
+            check_impl(self.mjx_impl)
             if self.factory is not None or self.task in TOY_TASKS:
                 raise ConfigError("env.backend: mjx runs dm_control suite tasks only (not env.factory or toy tasks)")
             if self.num_workers == "auto":

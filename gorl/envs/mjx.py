@@ -67,6 +67,7 @@ from torchrl.envs import EnvBase  # noqa: E402
 from gorl.errors import ConfigError  # noqa: E402
 
 EPISODE_LENGTH = 1000  # Playground's suite default (``episode_length`` in every suite config)
+MJX_IMPLS = ("jax", "warp")  # MuJoCo Playground's ``impl`` config key (module docstring: "Simulator pipeline")
 INSTALL_HINT = "the mjx backend needs the optional extra: pip install -e '.[mjx]'"
 
 
@@ -148,8 +149,6 @@ def check_task(task: str) -> str:
 
 
 def check_impl(impl: str) -> None:
-    from gorl.envs.factory import MJX_IMPLS
-
     if impl not in MJX_IMPLS:
         raise ConfigError(f"env.mjx_impl must be one of {', '.join(MJX_IMPLS)}, got {impl!r}")
 
