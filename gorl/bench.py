@@ -114,8 +114,7 @@ def recipe_from_arg(arg: str, layers: list[str]) -> tuple[str, Method]:
 
 def recipe_stages(paths: list[str]) -> list[float]:
     """A recipe's encoder-phase plan (``model.loop.stages``), read without torch."""
-    from gorl.cli import expand_defaults
-    from gorl.config_check import resolved_value
+    from gorl.config_check import expand_defaults, resolved_value
     from gorl.loop import LoopConfig
 
     stages = resolved_value(expand_defaults([a for path in paths for a in ("--config", path)]), "model.loop.stages")
@@ -431,8 +430,7 @@ def status_table(cells: list[tuple[str, str, int]], out: Path) -> str:
 
 def recipe_task(paths: list[str]) -> str:
     """The env task a recipe's configs name (read as the CLI's quick checks read them, no torch)."""
-    from gorl.cli import expand_defaults
-    from gorl.config_check import resolved_value
+    from gorl.config_check import expand_defaults, resolved_value
 
     task = resolved_value(expand_defaults([a for path in paths for a in ("--config", path)]), "model.env.task")
     if not isinstance(task, str):

@@ -36,6 +36,7 @@ os.environ["MUJOCO_GL"] = "disabled"
 _WANDB_MODE_FROM_USER = "WANDB_MODE" in os.environ
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from gorl.config_check import expand_defaults  # noqa: E402,F401  (light: no torch; also gorl.cli's public name)
 from gorl.errors import GoRLError  # noqa: E402  (light: no torch)
 from gorl.loop import LoopConfig  # noqa: E402  (light: dataclasses only)
 from gorl.run_dirs import THIS_CALL, discard_untrained_run  # noqa: E402
@@ -92,56 +93,6 @@ def one_line(message: str) -> str:
     if last in _CHOICES and ("has no attribute" in detail or "either not accessible" in detail or "No module" in detail):
         detail += f" (valid: {_CHOICES[last]}, or any subclass by import path)"
     return f"{key}: {detail}" if key else detail
-
-
-def _config_defaults(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
-    """The configs ``path`` builds on (its ``defaults:`` list, recursively, bases first)."""
-    import yaml
-
-    path = path.resolve()
-    if path in seen:
-        raise GoRLError(f"config {path}: its defaults form a cycle ({' -> '.join(str(p) for p in seen + (path,))})")
-    try:
-        data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError as err:
-        raise GoRLError(f"config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    bases = data.get("defaults") if isinstance(data, dict) else None
-    if bases is None:
-        return []
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise GoRLError(f"config {path}: defaults must be a list of config paths, got {bases!r}")
-    out: list[Path] = []
-    for base in bases:
-        base_path = (path.parent / base).resolve()
-        if not base_path.is_file():
-            raise GoRLError(f"config {path}: defaults entry {base!r} does not exist ({base_path})")
-        out += _config_defaults(base_path, seen + (path,)) + [base_path]
-    return out
-
-
-def expand_defaults(argv: list[str]) -> list[str]:
-    """``--config X`` where X has ``defaults: [A, B]`` becomes ``--config A --config B --config X
-    --defaults null`` (each base expanded the same way first). The trailing ``--defaults null``
-    keeps the saved ``config.yaml`` of a run self-contained: it already holds the merged values."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        value = None
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            value, step = argv[i + 1], 2
-        elif arg.startswith("--config="):
-            value, step = arg.split("=", 1)[1], 1
-        if value is None:
-            out.append(arg)
-            i += 1
-            continue
-        bases = _config_defaults(Path(value))
-        for base in bases:
-            out += ["--config", str(base)]
-        out += ["--config", value] + (["--defaults", "null"] if bases else [])
-        i += step
-    return out
 
 
 def export_main(argv: list[str]) -> None:
