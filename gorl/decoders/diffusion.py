@@ -71,15 +71,18 @@ class DiffusionDecoder(DecoderModule):
         output_scale: float = 0.25,
         lr: float = 3e-4,
         init: InitScheme = "lecun",
+        alpha_min: float = 1e-3,
     ) -> None:
         super().__init__(obs_dim, act_dim, lr)
         if schedule not in ("linear", "cosine"):
             raise ConfigError(f"decoder.schedule must be linear or cosine, got {schedule!r}")
         if draws < 1:
             raise ConfigError(f"decoder.draws must be >= 1, got {draws}")
+        if not 0.0 < alpha_min < 1.0:
+            raise ConfigError(f"decoder.alpha_min must be in (0, 1), got {alpha_min}")
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.steps, self.draws = steps, draws
-        abar = linear_alpha_bar(steps) if schedule == "linear" else cosine_alpha_bar(steps)
+        abar = linear_alpha_bar(steps, alpha_min) if schedule == "linear" else cosine_alpha_bar(steps)
         r = (abar[:-1] / abar[1:]).sqrt()  # index k-1 holds r_k
         c = (1 - abar[:-1]).sqrt() - r * (1 - abar[1:]).sqrt()
         self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
