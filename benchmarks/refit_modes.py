@@ -12,6 +12,7 @@ A Gaussian fitted by maximum likelihood is the reference. The seconds are fittin
     python benchmarks/refit_modes.py                                   # shipped presets, every target
     python benchmarks/refit_modes.py --variants diffusion_cpu diff_out1 --targets narrow --seeds 0 1 2
     python benchmarks/refit_modes.py --checkpoints 100 500 1000 1500   # scores along the fit as well
+    python benchmarks/refit_modes.py --exact --targets three narrow five seven small wide  # samplers alone
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the targets live with their test in tests/
+from gorl.decoders.diffusion import cosine_alpha_bar, linear_alpha_bar  # noqa: E402
 from tests.test_refit_converges import CONTEXTS, TARGETS, ModeTarget, fit_shipped, probe, shipped_refinement  # noqa: E402
 
 # name -> (conf/decoder preset, init_args overrides, conf/refinement/cpu.yaml overrides): the
@@ -68,6 +70,73 @@ def score(decoder, target: ModeTarget) -> tuple[float, float]:
     return sum(near) / len(near), sum(balance) / len(balance)
 
 
+def _posterior_mean(x: torch.Tensor, centres: torch.Tensor, scale: float, noise: float, sigma: float) -> torch.Tensor:
+    """``E[a | x]`` for ``x = scale a + sigma eps`` and ``a`` an equal mixture of N(centre, noise^2 I)."""
+    var = scale**2 * noise**2 + sigma**2
+    w = torch.softmax(-torch.cdist(x, scale * centres) ** 2 / (2 * var), 1)
+    means = centres + (scale * noise**2 / var) * (x.unsqueeze(1) - scale * centres)  # [n, modes, 2]
+    return (w.unsqueeze(-1) * means).sum(1)
+
+
+def exact_ddim(target: ModeTarget, centres: torch.Tensor, abar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """DiffusionDecoder's deterministic DDIM sampler on ``abar`` with the exact denoiser in place of
+    the network (the same update, written with the x0 prediction)."""
+    x = eps
+    for k in range(len(abar) - 1, 0, -1):
+        a = float(abar[k])
+        x0 = _posterior_mean(x, centres, a**0.5, target.noise, (1 - a) ** 0.5)
+        e = (x - a**0.5 * x0) / (1 - a) ** 0.5
+        x = float(abar[k - 1]) ** 0.5 * x0 + (1 - float(abar[k - 1])) ** 0.5 * e
+    return x
+
+
+def exact_ddpm(target: ModeTarget, centres: torch.Tensor, abar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Ancestral (DDPM) sampling on ``abar`` with the exact denoiser: fresh noise at every step, so the
+    action is no longer a function of the latent (GoRL's decoder must be one); for comparison only."""
+    gen, x = torch.Generator().manual_seed(4), eps
+    for k in range(len(abar) - 1, 0, -1):
+        a, a_prev = float(abar[k]), float(abar[k - 1])
+        x0 = _posterior_mean(x, centres, a**0.5, target.noise, (1 - a) ** 0.5)
+        beta = 1 - a / a_prev
+        mean = (a_prev**0.5 * beta * x0 + (1 - beta) ** 0.5 * (1 - a_prev) * x) / (1 - a)
+        x = mean + ((1 - a_prev) / (1 - a) * beta) ** 0.5 * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return x
+
+
+def exact_flow(target: ModeTarget, centres: torch.Tensor, steps: int, eps: torch.Tensor) -> torch.Tensor:
+    """FlowDecoder's Euler sampler (t = 1 -> 0) with the exact velocity ``(x - E[a | x_t]) / t``."""
+    x, dt = eps, 1.0 / steps
+    for i in range(steps):
+        t = 1.0 - i * dt
+        x = x - dt * (x - _posterior_mean(x, centres, 1 - t, target.noise, t)) / t
+    return x
+
+
+SAMPLERS = {
+    "flow, 10 Euler steps": lambda tg, c, e: exact_flow(tg, c, 10, e),
+    "DDIM linear, 10 steps": lambda tg, c, e: exact_ddim(tg, c, linear_alpha_bar(10), e),
+    "DDIM linear amin 0.05": lambda tg, c, e: exact_ddim(tg, c, linear_alpha_bar(10, 0.05), e),
+    "DDIM linear, 20 steps": lambda tg, c, e: exact_ddim(tg, c, linear_alpha_bar(20), e),
+    "DDIM cosine, 10 steps": lambda tg, c, e: exact_ddim(tg, c, cosine_alpha_bar(10), e),
+    "DDPM linear, 10 steps": lambda tg, c, e: exact_ddpm(tg, c, linear_alpha_bar(10), e),
+}
+
+
+def exact_samplers(targets: list[str]) -> None:
+    """Each sampler with the exact denoiser: the best any fit can do with that sampler."""
+    print(f"{'target':<8}" + "".join(f"{name:>24}" for name in SAMPLERS))
+    for tname in targets:
+        target, row = TARGETS[tname], []
+        for sampler in SAMPLERS.values():
+            gen, near = torch.Generator().manual_seed(3), []
+            for context in CONTEXTS:
+                centres = target.centres(context).double()
+                samples = sampler(target, centres, torch.randn(3000, 2, generator=gen, dtype=torch.float64))
+                near.append(target.score(samples.float(), context)[0])
+            row.append(sum(near) / len(near))
+        print(f"{tname:<8}" + "".join(f"{v:>24.2f}" for v in row), flush=True)
+
+
 class _Gaussian:
     """Maximum-likelihood Gaussian policy: mean linear in the observation, diagonal std."""
 
@@ -87,7 +156,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["flow_cpu", "diffusion_cpu_old", "diffusion_cpu"], choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--checkpoints", nargs="*", type=int, default=[], help="also score at these fit steps")
+    parser.add_argument("--exact", action="store_true", help="score the samplers with the exact denoiser instead (no fit)")
     args = parser.parse_args()
+    if args.exact:
+        print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; share of samples near a mode with the exact denoiser, 3 x 3000 samples")
+        exact_samplers(args.targets)
+        return
 
     cfg = shipped_refinement()
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; refinement/cpu.yaml: {cfg.steps} steps, batch {cfg.batch_size}, "
