@@ -10,7 +10,7 @@ and the balance (the smallest mode's share of those, times the number of modes: 
 A Gaussian fitted by maximum likelihood is the reference. The seconds are fitting time only.
 
     python benchmarks/refit_modes.py                                   # shipped presets, every target
-    python benchmarks/refit_modes.py --variants diffusion_cpu diff_out1 --targets narrow --seeds 0 1 2
+    python benchmarks/refit_modes.py --variants diffusion_cpu diff_old_out1 --targets five --seeds 0 1 2
     python benchmarks/refit_modes.py --checkpoints 100 500 1000 1500   # scores along the fit as well
     python benchmarks/refit_modes.py --exact --targets three narrow five seven small wide  # samplers alone
 """

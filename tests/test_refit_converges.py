@@ -5,7 +5,9 @@ policy fitted by maximum likelihood cannot.
 
 The target: context ``c ~ U(-1, 1)`` plus four distractor observation dims; a 2-D pre-tanh action on
 one of three modes at angles ``2 pi j / 3 + 0.8 c`` on the unit circle (equal odds), noise 0.03.
-The score: the share of samples within 0.15 of a mode centre, and each mode's share.
+The score: the share of samples within 0.15 of a mode centre, and each mode's share. The diffusion
+preset must also fit closer modes (five on the circle; three at half scale): the authors' linear
+schedule in 10 DDIM steps could not (benchmarks/RESULTS.md §3a).
 """
 
 import importlib
