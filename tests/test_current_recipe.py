@@ -134,6 +134,10 @@ def test_linear_alpha_bar_is_the_authors_schedule():
     assert abar[0] == 1.0 and abar[-1] == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match="schedule"):
         DiffusionDecoder(3, 2, schedule="quadratic")
+    assert torch.equal(DiffusionDecoder(3, 2).sqrt_abar, abar.sqrt().float())  # alpha_min: theirs by default
+    assert float(DiffusionDecoder(3, 2, alpha_min=0.05).sqrt_abar[-1]) == pytest.approx(0.05**0.5)
+    with pytest.raises(ConfigError, match="alpha_min"):
+        DiffusionDecoder(3, 2, alpha_min=0.0)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

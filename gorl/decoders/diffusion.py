@@ -4,13 +4,18 @@ Forward process over T steps, ``t_k = k / T``: ``x_k = sqrt(abar_k) a + sqrt(1 -
 Two schedules:
 
 - ``linear`` (default, the authors' current release, ``schedule = "linear_alpha_bar"`` in their
-  ``src/gorl/algorithms/decoders.py``): ``abar(t) = 1e-3 + (1 - 1e-3)(1 - t)``, so ``abar_T = 1e-3``.
+  ``src/gorl/algorithms/decoders.py``): ``abar(t) = alpha_min + (1 - alpha_min)(1 - t)``, their
+  ``alpha_min = 1e-3`` by default, so ``abar_T = 1e-3``. At 10 steps its grid is coarse at low noise:
+  the last DDIM step starts from noise 0.33 (in action units, ``sqrt((1 - abar_1) / abar_1)``) and
+  lands on the denoiser's average there, so modes ~1 apart blur even with the exact denoiser
+  (benchmarks/refit_modes.py --exact; benchmarks/RESULTS.md).
   Their network output is multiplied by ``output_scale = 0.25`` (our default too), which keeps the
   first DDIM steps, where ``c_k`` is largest, from amplifying the untrained network's error.
 - ``cosine`` (their first release and ours before): Nichol & Dhariwal's ``abar_k = f(max_t k / T) /
   f(0)``, stopped at ``max_t = 0.9`` (``abar_T ~ 0.024``) instead of 1: with only ~10 steps, a first
   DDIM step that starts from ``abar ~ 0`` divides by ``sqrt(abar)`` and multiplies any network
-  error by ~30, which in our tests collapsed a bimodal fit onto one mode at output scale 1.
+  error by ~30, which in our tests collapsed a bimodal fit onto one mode at output scale 1. Its last
+  step starts from noise 0.15: the CPU preset (conf/decoder/diffusion_cpu.yaml) uses it.
 
 Training draws ``draws`` fresh ``eps ~ N(0, I)`` and steps k per (obs, action) pair (theirs: 8) and
 regresses the noise prediction on eps.
@@ -55,7 +60,8 @@ class DiffusionDecoder(DecoderModule):
     """Args: hidden (MLP widths, SiLU), steps (T), schedule (``linear`` | ``cosine``), draws
     ((eps, k) draws per action), time_dim, output_scale (network output multiplier), lr (Adam), init
     (layer initialisation: ``lecun``, the authors' ``mlp_init``, or ``torch_default``; the output
-    head is zero either way, see :class:`~gorl.decoders.base.ConditionalMLP`)."""
+    head is zero either way, see :class:`~gorl.decoders.base.ConditionalMLP`), alpha_min (``abar_T``
+    of the linear schedule: the authors' ``diffusion_alpha_min``, 1e-3)."""
 
     graph_safe = True
 
@@ -71,15 +77,18 @@ class DiffusionDecoder(DecoderModule):
         output_scale: float = 0.25,
         lr: float = 3e-4,
         init: InitScheme = "lecun",
+        alpha_min: float = 1e-3,
     ) -> None:
         super().__init__(obs_dim, act_dim, lr)
         if schedule not in ("linear", "cosine"):
             raise ConfigError(f"decoder.schedule must be linear or cosine, got {schedule!r}")
         if draws < 1:
             raise ConfigError(f"decoder.draws must be >= 1, got {draws}")
+        if not 0.0 < alpha_min < 1.0:
+            raise ConfigError(f"decoder.alpha_min must be in (0, 1), got {alpha_min}")
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.steps, self.draws = steps, draws
-        abar = linear_alpha_bar(steps) if schedule == "linear" else cosine_alpha_bar(steps)
+        abar = linear_alpha_bar(steps, alpha_min) if schedule == "linear" else cosine_alpha_bar(steps)
         r = (abar[:-1] / abar[1:]).sqrt()  # index k-1 holds r_k
         c = (1 - abar[:-1]).sqrt() - r * (1 - abar[1:]).sqrt()
         self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
