@@ -1,4 +1,6 @@
+import importlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,9 +30,16 @@ def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.Co
     only add seconds of imports. What the user types, exit and all, stays tested by ``run_gorl``."""
     from gorl.cli import main
 
+    with capfd.disabled():
+        # Lightning and TorchRL give their loggers a StreamHandler on sys.stderr at import: imported
+        # under this test's capture, the handler would write to a closed stream in the next test.
+        for module in ("gorl.lightning_cli", "gorl.system"):
+            importlib.import_module(module)
+
     def call(*args: str) -> subprocess.CompletedProcess:
         monkeypatch.chdir(tmp_path)
         environ = dict(os.environ)
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         capfd.readouterr()
         try:
             main(list(args))
@@ -38,8 +47,12 @@ def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.Co
         except SystemExit as end:
             code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
         finally:
-            os.environ.clear()  # the CLI sets MUJOCO_GL for its own process
+            # What the CLI sets for its own process: MUJOCO_GL, PL_GLOBAL_SEED, and signal handlers
+            # that a run ended by an error leaves installed.
+            os.environ.clear()
             os.environ.update(environ)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
         out, err = capfd.readouterr()
         return subprocess.CompletedProcess(["gorl", *args], code, out, err)
 

@@ -45,23 +45,22 @@ def test_python_dash_m_and_print_config(tmp_path):
     assert "lr: 0.0003" in res.stdout and "task: toy-bandit" in res.stdout
 
 
-def test_interpolation_in_configs(tmp_path):
+def test_interpolation_in_configs(tmp_path, gorl_in_process):
     cfg = tmp_path / "interp.yaml"
     cfg.write_text(f"model:\n  env: {CONF / 'env' / 'toy-bandit.yaml'}\n  loop:\n    stages: [128]\n    eval_every: ${{model.loop.stages[0]}}\n")
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--config", str(cfg), "--print_config", cwd=tmp_path)
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), "--config", str(cfg), "--print_config")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "eval_every: 128" in res.stdout
 
 
-def test_bring_your_own_env_config_runs(tmp_path):
-    res = run_gorl(
+def test_bring_your_own_env_config_runs(gorl_in_process):
+    res = gorl_in_process(  # in this process: the `gorl fit` command itself is the smoke test's
         "fit", "--config", str(CONF / "smoke.yaml"),
         "--model.env.factory", "tests.test_envs:make_point_env",
         "--model.env.factory_kwargs", "{horizon: 5}",
         "--model.env.num_envs", "4", "--model.env.eval_envs", "2",
         "--model.loop.stages", "[128, 64]", "--model.loop.eval_max_steps", "5",
         "--model.refinement.transitions", "64",
-        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "decoder fitted" in res.stdout + res.stderr

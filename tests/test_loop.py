@@ -14,7 +14,7 @@ from gorl.envs.factory import EnvConfig
 from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import RefinementConfig
 from gorl.system import GoRLSystem
-from tests.conftest import CONF, run_gorl
+from tests.conftest import CONF
 
 
 def smoke_system(seed: int = 0) -> GoRLSystem:
@@ -130,8 +130,8 @@ def test_checkpoint_restores_loop_state_and_dataset(stopped_in_decoder):
     assert torch.equal(restored.fit_state.train["action"], system.fit_state.train["action"])
 
 
-def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(tmp_path):
-    res = run_gorl(
+def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(gorl_in_process):
+    res = gorl_in_process(  # in this process: about the config and the loop, not the command line
         "fit", "--config", str(CONF / "hopper.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--model.env.num_envs", "8", "--model.env.eval_envs", "2",
@@ -140,7 +140,6 @@ def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(tmp_path)
         "--model.refinement.episodes", "null", "--model.refinement.transitions", "256", "--model.refinement.epochs", "2",
         "--model.refinement.val_every", "2", "--model.refinement.batch_size", "64",
         "--model.refinement.collect_envs", "2", "--model.refinement.max_episode_steps", "20",
-        cwd=tmp_path,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]

@@ -78,7 +78,7 @@ def smoke_run(tmp_path_factory) -> Path:
 
 
 def _copy_of(run_cwd: Path, to: Path) -> Path:
-    shutil.copytree(run_cwd / "runs", to / "runs")
+    shutil.copytree(run_cwd / "runs", to / "runs", dirs_exist_ok=True)
     return next(to.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
 
 
@@ -257,12 +257,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, smoke_run):
 
 
 @pytest.mark.parametrize("env_cls, expected", [("NaNRewardEnv", "non-finite loss"), ("NaNObsEnv", "non-finite observation")])
-def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, env_cls, expected):
-    res = run_gorl(
-        "fit", "--config", str(CONF / "smoke.yaml"), "--model.env.factory", f"tests.envs_faulty:{env_cls}",
-        "--model.env.num_envs", "4", "--model.env.eval_envs", "1", "--model.loop.eval_max_steps", "5",
-        "--model.encoder.unroll", "16", "--checkpoint.every_frames", "64", cwd=tmp_path,
-    )
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, request, env_cls, expected):
+    args = ("fit", "--config", str(CONF / "smoke.yaml"), "--model.env.factory", f"tests.envs_faulty:{env_cls}",
+            "--model.env.num_envs", "4", "--model.env.eval_envs", "1", "--model.loop.eval_max_steps", "5",
+            "--model.encoder.unroll", "16", "--checkpoint.every_frames", "64")
+    # The first as the user runs it; the second in this process (the same CLI, without the imports).
+    res = run_gorl(*args, cwd=tmp_path) if env_cls == "NaNRewardEnv" else request.getfixturevalue("gorl_in_process")(*args)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("gorl: error:") and expected in last and "encoder phase, stage 0, frame" in last
