@@ -1,4 +1,5 @@
 import importlib
+import logging
 import os
 import signal
 import subprocess
@@ -31,8 +32,8 @@ def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.Co
     from gorl.cli import main
 
     with capfd.disabled():
-        # Lightning and TorchRL give their loggers a StreamHandler on sys.stderr at import: imported
-        # under this test's capture, the handler would write to a closed stream in the next test.
+        # TorchRL gives its logger a StreamHandler on sys.stderr at import: imported under this
+        # test's capture, the handler would write to a closed stream in the next test.
         for module in ("gorl.lightning_cli", "gorl.system"):
             importlib.import_module(module)
 
@@ -41,6 +42,13 @@ def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.Co
         environ = dict(os.environ)
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         capfd.readouterr()
+        # Lightning logs to stderr (its "[gorl] ..." lines included) through a handler it adds at
+        # import only when the root logger has none, as in `python -m gorl`; under pytest it has
+        # pytest's, so the lines would go there: send them to this call's stderr, as the command does.
+        to_stderr = logging.StreamHandler(sys.stderr)
+        quiet = [lg for lg in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric")) if not lg.handlers]
+        for lg in quiet:
+            lg.addHandler(to_stderr)
         try:
             main(list(args))
             code = 0
@@ -53,6 +61,8 @@ def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.Co
             os.environ.update(environ)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
+            for lg in quiet:
+                lg.removeHandler(to_stderr)
         out, err = capfd.readouterr()
         return subprocess.CompletedProcess(["gorl", *args], code, out, err)
 
