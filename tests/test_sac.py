@@ -328,7 +328,7 @@ def test_gorl_fit_two_stages_with_sac(tmp_path, monkeypatch, gorl_in_process):
     assert n > 0 and replay["next"]["reward"].shape == (n,)
     res = gorl_in_process(  # in this process: the replay buffer still comes back from the checkpoint file
         "fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder", json.dumps(encoder),
-        "--model.loop.stages", "[256,256]", "--ckpt_path", str(ckpt),
+        "--model.loop.stages", "[256,128,128]", "--ckpt_path", str(ckpt),  # a further stage: a finished plan is refused
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"restored {n:,} replay transitions" in res.stdout + res.stderr
