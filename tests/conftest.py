@@ -1,6 +1,10 @@
+import importlib
+import logging
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,51 @@ def run_gorl(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Complete
     """``python -m gorl ...`` in a subprocess: what a user types, exit code and stderr included."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "gorl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.CompletedProcess]:
+    """``gorl ...`` as :func:`run_gorl` runs it (in ``tmp_path``, the same exit code, stdout and
+    stderr), but in this process: for checks of what a command says, where a fresh interpreter would
+    only add seconds of imports. What the user types, exit and all, stays tested by ``run_gorl``."""
+    from gorl.cli import main
+
+    with capfd.disabled():
+        # TorchRL gives its logger a StreamHandler on sys.stderr at import: imported under this
+        # test's capture, the handler would write to a closed stream in the next test.
+        for module in ("gorl.lightning_cli", "gorl.system"):
+            importlib.import_module(module)
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(tmp_path)
+        environ = dict(os.environ)
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        capfd.readouterr()
+        # Lightning logs to stderr (its "[gorl] ..." lines included) through a handler it adds at
+        # import only when the root logger has none, as in `python -m gorl`; under pytest it has
+        # pytest's, so the lines would go there: send them to this call's stderr, as the command does.
+        to_stderr = logging.StreamHandler(sys.stderr)
+        quiet = [lg for lg in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric")) if not lg.handlers]
+        for lg in quiet:
+            lg.addHandler(to_stderr)
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as end:
+            code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+        finally:
+            # What the CLI sets for its own process: MUJOCO_GL, PL_GLOBAL_SEED, and signal handlers
+            # that a run ended by an error leaves installed.
+            os.environ.clear()
+            os.environ.update(environ)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            for lg in quiet:
+                lg.removeHandler(to_stderr)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["gorl", *args], code, out, err)
+
+    return call
 
 
 @pytest.fixture

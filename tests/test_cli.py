@@ -32,6 +32,11 @@ def test_smoke_fit_writes_checkpoint_metrics_and_prints_final_return(tmp_path):
     state = torch.load(ckpt, weights_only=False)
     assert state["state_dict"]["encoder.obs_norm.count"] > 0  # running obs statistics travel with the weights
     assert state["gorl_loop"]["state"]["phase"] == "done"
+    # What `gorl fit` writes is what the policy API and `gorl export` read (tests/test_inference.py
+    # exports a checkpoint saved in-process).
+    from gorl import load_policy
+
+    assert load_policy(ckpt).stage == 2
 
 
 def test_python_dash_m_and_print_config(tmp_path):
@@ -40,26 +45,30 @@ def test_python_dash_m_and_print_config(tmp_path):
     assert "lr: 0.0003" in res.stdout and "task: toy-bandit" in res.stdout
 
 
-def test_interpolation_in_configs(tmp_path):
+def test_interpolation_in_configs(tmp_path, gorl_in_process):
     cfg = tmp_path / "interp.yaml"
     cfg.write_text(f"model:\n  env: {CONF / 'env' / 'toy-bandit.yaml'}\n  loop:\n    stages: [128]\n    eval_every: ${{model.loop.stages[0]}}\n")
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--config", str(cfg), "--print_config", cwd=tmp_path)
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), "--config", str(cfg), "--print_config")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "eval_every: 128" in res.stdout
 
 
-def test_bring_your_own_env_config_runs(tmp_path):
-    res = run_gorl(
+def test_bring_your_own_env_config_runs(gorl_in_process):
+    res = gorl_in_process(  # in this process: the `gorl fit` command itself is the smoke test's
         "fit", "--config", str(CONF / "smoke.yaml"),
         "--model.env.factory", "tests.test_envs:make_point_env",
         "--model.env.factory_kwargs", "{horizon: 5}",
         "--model.env.num_envs", "4", "--model.env.eval_envs", "2",
         "--model.loop.stages", "[128, 64]", "--model.loop.eval_max_steps", "5",
         "--model.refinement.transitions", "64",
-        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "decoder fitted" in res.stdout + res.stderr
+
+
+# Errors past the quick checks need torch, Lightning and the env stack (seconds of imports in a
+# fresh process): one of them (--model.env.num_envs abc) runs as the user types it, these in this process.
+IN_PROCESS = {"--model.encoder.init_args.lr", "--model.refinement.steps", "--model.decoder", "--model.loop.stages"}
 
 
 @pytest.mark.parametrize(
@@ -78,8 +87,12 @@ def test_bring_your_own_env_config_runs(tmp_path):
         (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
     ],
 )
-def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, args, expected):
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), *args, cwd=tmp_path, timeout=120)
+def test_bad_input_is_one_clear_line_and_nonzero_exit(request, tmp_path, args, expected):
+    cmd = ("fit", "--config", str(CONF / "smoke.yaml"), *args)
+    if args[0] in IN_PROCESS:
+        res = request.getfixturevalue("gorl_in_process")(*cmd)
+    else:
+        res = run_gorl(*cmd, cwd=tmp_path, timeout=120)
     assert res.returncode != 0
     err_lines = [line for line in res.stderr.splitlines() if line.startswith("gorl: error:")]
     assert len(err_lines) == 1 and expected in err_lines[0], res.stderr[-2000:]

@@ -10,12 +10,12 @@ from gorl.callbacks import CurvesFigure
 from tests.conftest import CONF, run_gorl
 
 
-def test_fit_writes_curves_png_and_can_be_switched_off(tmp_path):
+def test_fit_writes_curves_png_and_can_be_switched_off(tmp_path, gorl_in_process):
     res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     png = tmp_path / "runs" / "gorl" / "version_0" / "curves.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--curves", "false", cwd=tmp_path)
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), "--curves", "false")  # the switch, not the process
     assert res.returncode == 0 and not (tmp_path / "runs" / "gorl" / "version_1" / "curves.png").exists()
 
 

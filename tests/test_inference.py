@@ -17,7 +17,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 import gorl
 from gorl.encoders import LatentSAC
 from gorl.errors import CheckpointError
-from tests.conftest import CONF, run_gorl
+from tests.conftest import run_gorl
 from tests.test_loop import smoke_system
 
 
@@ -104,16 +104,15 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         gorl.load_policy(tmp_path / "other.ckpt")
 
 
-def test_gorl_export_cli_writes_a_plain_torch_file(tmp_path):
-    assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--curves", "false", cwd=tmp_path).returncode == 0
-    ckpt = tmp_path / "runs" / "gorl" / "version_0" / "checkpoints" / "last.ckpt"
+def test_gorl_export_cli_writes_a_plain_torch_file(tmp_path, trained, gorl_in_process):
+    _, ckpt = trained(None)  # the smoke plan to its end (test_cli.py checks the checkpoint `gorl fit` writes)
     res = run_gorl("export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "p.pt"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "stage 2 policy of toy-bandit" in res.stdout
     module = torch.jit.load(str(tmp_path / "p.pt"))
     action = module(torch.zeros(3, gorl.load_policy(ckpt).obs_dim), torch.zeros(3, 1))
     assert action.shape == (3, 1) and torch.isfinite(action).all()
-    res = run_gorl("export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "q.pt"), cwd=tmp_path)
+    res = gorl_in_process("export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "q.pt"))
     assert res.returncode == 2 and res.stderr.strip().startswith("gorl: error: checkpoint") and "does not exist" in res.stderr
 
 

@@ -2,6 +2,7 @@
 the same stage / phase / frame count as an uninterrupted run."""
 
 from functools import partial
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -13,7 +14,7 @@ from gorl.envs.factory import EnvConfig
 from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import RefinementConfig
 from gorl.system import GoRLSystem
-from tests.conftest import CONF, run_gorl
+from tests.conftest import CONF
 
 
 def smoke_system(seed: int = 0) -> GoRLSystem:
@@ -62,10 +63,31 @@ def _phases(trace):
     return seen
 
 
-def test_loop_walks_every_phase_of_the_plan():
+@pytest.fixture(scope="module")
+def uninterrupted() -> tuple[GoRLSystem, Recorder]:
+    """One uninterrupted fit of the smoke plan, shared by the tests that compare against it."""
     rec = Recorder()
     system = smoke_system()
     _fit(system, [rec])
+    return system, rec
+
+
+def _stopped_in_decoder(m: GoRLSystem) -> bool:
+    return m.loop_state.phase == "decoder" and m.fit_state is not None and m.fit_state.rounds >= 1
+
+
+@pytest.fixture(scope="module")
+def stopped_in_decoder(tmp_path_factory) -> tuple[GoRLSystem, Recorder, Path]:
+    """The smoke plan stopped (and saved) after one round of stage 0's decoder refinement."""
+    ckpt = tmp_path_factory.mktemp("loop") / "mid.ckpt"
+    first = Recorder(stop_when=_stopped_in_decoder, path=ckpt)
+    system = smoke_system()
+    _fit(system, [first])
+    return system, first, ckpt
+
+
+def test_loop_walks_every_phase_of_the_plan(uninterrupted):
+    system, rec = uninterrupted
     assert _phases(rec.trace) == [(0, "encoder"), (0, "decoder"), (1, "encoder"), (1, "decoder"), (2, "encoder"), (2, "done")]
     assert system.loop_state.frames >= 1024 and system.loop_state.collect_frames >= 1024
     # The acting decoder after stage 0 is the fitted one, no longer the identity.
@@ -73,40 +95,34 @@ def test_loop_walks_every_phase_of_the_plan():
     assert not torch.allclose(system.acting_decoder().decode(obs, eps), eps)
 
 
-def _resume_matches_uninterrupted(tmp_path, stop_when):
-    full = Recorder()
-    _fit(smoke_system(), [full])
-    ckpt = tmp_path / "mid.ckpt"
-    first = Recorder(stop_when=stop_when, path=ckpt)
-    _fit(smoke_system(), [first])
+def _resume_matches_uninterrupted(full: Recorder, first: Recorder, ckpt: Path) -> tuple[int, str, int]:
+    """Resumes ``ckpt`` (saved where ``first`` stopped); returns the (stage, phase, frames) it resumed at."""
     saved = first.trace[-1]
-    resumed_sys = smoke_system()
     second = Recorder()
-    _fit(resumed_sys, [second], ckpt_path=str(ckpt))
+    _fit(smoke_system(), [second], ckpt_path=str(ckpt))
     # Resumes exactly where it stopped, then walks the same remaining phases to the same end.
     assert second.start == saved
     assert _phases(first.trace + second.trace) == _phases(full.trace)
     assert second.trace[-1] == full.trace[-1]
-    return saved, second, resumed_sys
+    return saved
 
 
-def test_resume_mid_encoder_phase(tmp_path):
-    saved, second, _ = _resume_matches_uninterrupted(tmp_path, lambda m: m.loop_state.stage == 1 and m.loop_state.phase == "encoder" and m.loop_state.stage_frames > 0)
+def test_resume_mid_encoder_phase(tmp_path, uninterrupted):
+    ckpt = tmp_path / "mid.ckpt"
+    first = Recorder(stop_when=lambda m: m.loop_state.stage == 1 and m.loop_state.phase == "encoder" and m.loop_state.stage_frames > 0, path=ckpt)
+    _fit(smoke_system(), [first])
+    saved = _resume_matches_uninterrupted(uninterrupted[1], first, ckpt)
     assert saved[0:2] == (1, "encoder") and 512 < saved[2] < 768
 
 
-def test_resume_mid_decoder_refinement(tmp_path):
-    stop = lambda m: m.loop_state.phase == "decoder" and m.fit_state is not None and m.fit_state.rounds >= 1  # noqa: E731
-    saved, second, system = _resume_matches_uninterrupted(tmp_path, stop)
+def test_resume_mid_decoder_refinement(uninterrupted, stopped_in_decoder):
+    _, first, ckpt = stopped_in_decoder
+    saved = _resume_matches_uninterrupted(uninterrupted[1], first, ckpt)
     assert saved[0:2] == (0, "decoder")
 
 
-def test_checkpoint_restores_loop_state_and_dataset(tmp_path):
-    ckpt = tmp_path / "mid.ckpt"
-    stop = lambda m: m.loop_state.phase == "decoder" and m.fit_state is not None and m.fit_state.rounds >= 1  # noqa: E731
-    first = Recorder(stop_when=stop, path=ckpt)
-    system = smoke_system()
-    _fit(system, [first])
+def test_checkpoint_restores_loop_state_and_dataset(stopped_in_decoder):
+    system, _, ckpt = stopped_in_decoder
     restored = smoke_system()
     restored.on_load_checkpoint(torch.load(ckpt, weights_only=False))
     assert restored.loop_state.state_dict() == system.loop_state.state_dict()
@@ -114,8 +130,8 @@ def test_checkpoint_restores_loop_state_and_dataset(tmp_path):
     assert torch.equal(restored.fit_state.train["action"], system.fit_state.train["action"])
 
 
-def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(tmp_path):
-    res = run_gorl(
+def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(gorl_in_process):
+    res = gorl_in_process(  # in this process: about the config and the loop, not the command line
         "fit", "--config", str(CONF / "hopper.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--model.env.num_envs", "8", "--model.env.eval_envs", "2",
@@ -124,7 +140,6 @@ def test_hopper_config_runs_two_decoder_refinements_on_real_dm_control(tmp_path)
         "--model.refinement.episodes", "null", "--model.refinement.transitions", "256", "--model.refinement.epochs", "2",
         "--model.refinement.val_every", "2", "--model.refinement.batch_size", "64",
         "--model.refinement.collect_envs", "2", "--model.refinement.max_episode_steps", "20",
-        cwd=tmp_path,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]

@@ -151,8 +151,8 @@ def test_fit_through_both_phases_on_the_mjx_backend(tmp_path):
         (["--model.env.device", "cuda"], "needs env.backend: mjx"),
     ],
 )
-def test_bad_backend_input_is_one_clear_line(tmp_path, args, expected):
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), *args, cwd=tmp_path, timeout=300)
+def test_bad_backend_input_is_one_clear_line(gorl_in_process, args, expected):
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), *args)  # tests/test_cli.py runs bad input as a user does
     assert res.returncode != 0
     err_lines = [line for line in res.stderr.splitlines() if line.startswith("gorl: error:")]
     assert len(err_lines) == 1 and expected in err_lines[0], res.stderr[-2000:]

@@ -135,8 +135,9 @@ def test_validate_reports_mean_and_std_of_deterministic_episodes(tb_run):
     assert rows[-1]["eval/return"] and rows[-1]["eval/return_std"] and float(rows[-1]["eval/episodes"]) == 4
 
 
-def test_validate_with_a_missing_checkpoint_is_one_line(tmp_path):
-    line = _one_error_line(_gorl("validate", "--config", SMOKE, "--ckpt_path", "nowhere.ckpt", cwd=tmp_path))
+def test_validate_with_a_missing_checkpoint_is_one_line(gorl_in_process):
+    # In this process: tests/test_cli.py runs validate's bad input as the user types it.
+    line = _one_error_line(gorl_in_process("validate", "--config", SMOKE, "--ckpt_path", "nowhere.ckpt"))
     assert "checkpoint nowhere.ckpt does not exist" in line
 
 
@@ -202,10 +203,10 @@ def test_validate_with_video_writes_an_mp4(cheetah_fit_with_video):
         # glvnd finds no EGL vendor: the same ImportError as a machine without EGL
         (CHEETAH, {"MUJOCO_GL": "egl", "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json"}, "MuJoCo cannot render with MUJOCO_GL=egl"),
         (CHEETAH, {"MUJOCO_GL": "disabled"}, "MUJOCO_GL=disabled turns it off"),
-        ([], {}, "--video renders dm_control suite tasks; model.env (toy-bandit)"),
     ],
 )
 def test_video_without_a_gl_backend_is_one_line(tmp_path, args, env, expected):
+    # A fresh process each: MuJoCo picks its GL backend once, at import.
     res = _gorl("validate", "--config", SMOKE, *args, "--video", "true", cwd=tmp_path, **env)
     if res.returncode == 0:
         pytest.skip(f"rendering works here even with {env}")
@@ -213,6 +214,13 @@ def test_video_without_a_gl_backend_is_one_line(tmp_path, args, env, expected):
     assert expected in line, line
     if env.get("MUJOCO_GL") == "egl":
         assert "MUJOCO_GL=osmesa" in line  # says what to do
+    assert not list(tmp_path.glob("runs/**/*.mp4"))
+
+
+def test_video_of_a_task_without_a_camera_is_one_line(tmp_path, gorl_in_process):
+    # Refused before any GL is touched, so in this process.
+    line = _one_error_line(gorl_in_process("validate", "--config", SMOKE, "--video", "true"))
+    assert "--video renders dm_control suite tasks; model.env (toy-bandit)" in line, line
     assert not list(tmp_path.glob("runs/**/*.mp4"))
 
 

@@ -15,13 +15,13 @@ from gorl.decoders import FlowDecoder
 from gorl.errors import NonFiniteError
 from gorl.optimization import guarded_step
 from gorl.refinement import DecoderDataModule, validation_loss
-from tests.conftest import CONF, run_gorl
+from tests.conftest import CONF
 from tests.test_decoders import _bimodal
 
 
-def test_smoke_plan_under_bf16_mixed_has_finite_losses(tmp_path):
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.precision", "bf16-mixed",
-                   "--model.loop.stages", "[256, 128]", cwd=tmp_path)
+def test_smoke_plan_under_bf16_mixed_has_finite_losses(tmp_path, gorl_in_process):
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.precision", "bf16-mixed",
+                          "--model.loop.stages", "[256, 128]")
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = tmp_path.glob("runs/gorl/version_0/metrics.csv")
     rows = list(csv.DictReader(path.open()))

@@ -3,6 +3,7 @@ clear one-line failures, the last good checkpoint kept, and reproducible seeding
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,30 @@ def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.fixture(scope="module")
+def plan_reference(tmp_path_factory) -> Path:
+    """The uninterrupted run of PLAN that each killed-and-resumed run is compared with."""
+    ref = tmp_path_factory.mktemp("reference")
+    res = run_gorl("fit", *PLAN, cwd=ref)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return ref
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """A finished ``gorl fit --config conf/smoke.yaml`` (seed 0), read by several tests; a test that
+    adds runs beside it works on a copy (:func:`_copy_of`)."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), cwd=cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return cwd
+
+
+def _copy_of(run_cwd: Path, to: Path) -> Path:
+    shutil.copytree(run_cwd / "runs", to / "runs", dirs_exist_ok=True)
+    return next(to.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+
+
 @pytest.mark.parametrize(
     "marker, expected_phase",
     # Stage 1's first line is its initial evaluation, printed inside the boundary iteration before
@@ -64,10 +89,8 @@ def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
     [("[gorl] stage 1 | frames 1,280", "encoder"), ("[gorl] stage 0 decoder step 3/", "decoder")],
     ids=["mid-encoder-phase", "mid-decoder-refinement"],
 )
-def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_phase):
-    ref = tmp_path / "reference"
-    ref.mkdir()
-    assert run_gorl("fit", *PLAN, cwd=ref).returncode == 0
+def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, plan_reference, marker, expected_phase):
+    ref = plan_reference
     full = _phase_sequence(next(ref.glob("runs/gorl/version_0/metrics.csv")))
 
     _kill_when(marker, tmp_path)
@@ -93,33 +116,34 @@ def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, marker, expected_p
 
 
 def test_a_run_killed_between_frame_checkpoints_resumes_from_the_time_based_one(tmp_path):
-    # Frame checkpoints far apart and no phase change before the kill (a long stage 0: 64 iterations,
-    # killed after 33): only the clock can have written last.ckpt (every 0.001 min = 60 ms).
-    long_stage = [*PLAN, "--model.loop.stages", "[8192, 1024]", "--checkpoint.every_frames", "1e9"]
+    # Frame checkpoints far apart and no phase change before the kill (a long stage 0: 16 iterations,
+    # killed after 9): only the clock can have written last.ckpt (every 0.001 min = 60 ms). The
+    # refinement's size plays no part here: a small one.
+    long_stage = [*PLAN, "--model.loop.stages", "[2048, 1024]", "--checkpoint.every_frames", "1e9", "--model.refinement.transitions", "1024"]
     plan = [*long_stage, "--checkpoint.every_minutes", "0.001"]
-    _kill_when("[gorl] stage 0 | frames 4,224", tmp_path, plan)
+    _kill_when("[gorl] stage 0 | frames 1,152", tmp_path, plan)
     (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
     saved = torch.load(ckpt, weights_only=True)["gorl_loop"]["state"]
-    assert saved["stage"] == 0 and saved["phase"] == "encoder" and 0 < saved["frames"] <= 4224
+    assert saved["stage"] == 0 and saved["phase"] == "encoder" and 0 < saved["frames"] <= 1152
     res = run_gorl("fit", *plan, "--ckpt_path", "last", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from runs/gorl/version_0/checkpoints/last.ckpt" in res.stderr and "finished stage 1" in res.stdout + res.stderr
     without = [*long_stage, "--checkpoint.every_minutes", "null"]
     other = tmp_path / "without"
     other.mkdir()
-    _kill_when("[gorl] stage 0 | frames 4,224", other, without)
+    _kill_when("[gorl] stage 0 | frames 1,152", other, without)
     assert not list(other.glob("runs/gorl/version_0/checkpoints/last.ckpt"))  # the clock is what saved the run
 
 
-def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
+def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path, smoke_run, gorl_in_process):
+    # The corrupt checkpoint runs as the user types it; the other cases in this process.
     for args, expected in (
         (["--ckpt_path", "last"], "no checkpoint under"),
         (["--ckpt_path", str(tmp_path / "nope.ckpt")], "does not exist"),
     ):
-        res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), *args, cwd=tmp_path, timeout=120)
+        res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), *args)
         assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("gorl: error:") and expected in res.stderr
-    assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), cwd=tmp_path).returncode == 0
-    good = next(tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+    good = _copy_of(smoke_run, tmp_path)
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(corrupt), cwd=tmp_path, timeout=120)
@@ -132,13 +156,15 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
         load_policy(corrupt)
     for message in (res.stderr, str(info.value)):
         assert "not a complete checkpoint file" in message and "torch.save" not in message and "zipfile" not in message
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder.critic_hidden", "[8]", "--ckpt_path", str(good), cwd=tmp_path, timeout=120)
+    # A longer plan, or the finished run's checkpoint is refused for that first (nothing to train).
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder.critic_hidden", "[8]",
+                          "--model.loop.stages", "[512, 256, 256, 128]", "--ckpt_path", str(good))
     assert res.returncode != 0 and "does not match this config" in res.stderr.strip().splitlines()[-1]
     assert "Traceback" not in res.stderr
     # That call failed before training: it leaves no run directory for `--ckpt_path last` to find.
     assert sorted(p.name for p in (tmp_path / "runs" / "gorl").iterdir()) == ["version_0"]
     # Nor does scoring a checkpoint make a run: validate writes no config.yaml.
-    res = run_gorl("validate", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(good), cwd=tmp_path, timeout=120)
+    res = gorl_in_process("validate", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(good))
     assert res.returncode == 0, res.stderr[-2000:]
     assert [p.parent.name for p in tmp_path.glob("runs/gorl/*/config.yaml")] == ["version_0"]
 
@@ -221,9 +247,8 @@ class _RunsCode:
         return (os.system, ("touch pwned",))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
-    assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--model.loop.stages", "[128]", cwd=tmp_path).returncode == 0
-    good = next(tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, smoke_run):
+    good = next(smoke_run.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
     state = torch.load(good, weights_only=True)  # the real checkpoint needs no pickle at all
     state["gorl_loop"]["extra"] = _RunsCode()
     evil = tmp_path / "evil.ckpt"
@@ -234,12 +259,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("env_cls, expected", [("NaNRewardEnv", "non-finite loss"), ("NaNObsEnv", "non-finite observation")])
-def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, env_cls, expected):
-    res = run_gorl(
-        "fit", "--config", str(CONF / "smoke.yaml"), "--model.env.factory", f"tests.envs_faulty:{env_cls}",
-        "--model.env.num_envs", "4", "--model.env.eval_envs", "1", "--model.loop.eval_max_steps", "5",
-        "--model.encoder.unroll", "16", "--checkpoint.every_frames", "64", cwd=tmp_path,
-    )
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, request, env_cls, expected):
+    args = ("fit", "--config", str(CONF / "smoke.yaml"), "--model.env.factory", f"tests.envs_faulty:{env_cls}",
+            "--model.env.num_envs", "4", "--model.env.eval_envs", "1", "--model.loop.eval_max_steps", "5",
+            "--model.encoder.unroll", "16", "--checkpoint.every_frames", "64")
+    # The first as the user runs it; the second in this process (the same CLI, without the imports).
+    res = run_gorl(*args, cwd=tmp_path) if env_cls == "NaNRewardEnv" else request.getfixturevalue("gorl_in_process")(*args)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("gorl: error:") and expected in last and "encoder phase, stage 0, frame" in last
@@ -265,9 +290,9 @@ def _metrics_without_timing(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
 
-def test_same_seed_gives_identical_metrics(tmp_path):
-    runs = []
-    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+def test_same_seed_gives_identical_metrics(tmp_path, smoke_run):
+    runs = [_metrics_without_timing(smoke_run)]  # smoke.yaml's seed_everything: 0
+    for name, seed in (("b", 0), ("c", 4)):
         d = tmp_path / name
         d.mkdir()
         assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--seed_everything", str(seed), cwd=d).returncode == 0

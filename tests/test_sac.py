@@ -306,7 +306,7 @@ def test_sac_learns_through_a_decoder_and_the_prior_pulls_it_out_of_saturation()
 
 
 # --- the whole loop --------------------------------------------------------------------------------
-def test_gorl_fit_two_stages_with_sac(tmp_path, monkeypatch):
+def test_gorl_fit_two_stages_with_sac(tmp_path, monkeypatch, gorl_in_process):
     # Hundreds of tiny updates: one thread each, or oversubscribed cores slow them down 10x+.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     small = {"actor_hidden": [16, 16], "critic_hidden": [32, 32], "batch_size": 32, "learning_starts": 64}
@@ -326,9 +326,9 @@ def test_gorl_fit_two_stages_with_sac(tmp_path, monkeypatch):
     replay = torch.load(ckpt, weights_only=True)["gorl_loop"]["encoder"]["replay"]
     n = replay["observation"].shape[0]
     assert n > 0 and replay["next"]["reward"].shape == (n,)
-    res = run_gorl(
+    res = gorl_in_process(  # in this process: the replay buffer still comes back from the checkpoint file
         "fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder", json.dumps(encoder),
-        "--model.loop.stages", "[256,256]", "--ckpt_path", str(ckpt), cwd=tmp_path,
+        "--model.loop.stages", "[256,128,128]", "--ckpt_path", str(ckpt),  # a further stage: a finished plan is refused
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"restored {n:,} replay transitions" in res.stdout + res.stderr

@@ -1,5 +1,6 @@
-"""The throughput benchmark's measurements run on the real stack (tiny sizes; no timing asserted:
-rates on a shared machine are not test material, only that each measurement runs and is sane)."""
+"""benchmarks/throughput.py, the throughput benchmark (`gorl bench` is tests/test_bench.py): its
+measurements run on the real stack (tiny sizes; no timing asserted: rates on a shared machine are
+not test material, only that each measurement runs and is sane)."""
 
 import math
 import sys
