@@ -285,6 +285,8 @@ def main() -> None:
     p.add_argument("--mjx-device", default="cpu", help="cpu or cuda[:k]")
     p.add_argument("--mjx-torchrl", action="store_true", help="with --mjx: add TorchRL's MujocoPlaygroundWrapper rows (e')")
     args = p.parse_args()
+    if args.mjx_torchrl and not args.mjx:
+        p.error("--mjx-torchrl adds rows beside the --mjx rows: pass --mjx too")
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
