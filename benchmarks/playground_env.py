@@ -34,11 +34,11 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tensordict import TensorDict  # noqa: E402
+import numpy as np
+import torch
+from tensordict import TensorDict
 
-from gorl.envs.mjx import MJXBatchEnv, _playground_env  # noqa: E402
+from gorl.envs.mjx import MJXBatchEnv, _playground_env
 
 N, LIMIT = 4, 5
 MASK = torch.tensor([True, False, True, False])
@@ -74,7 +74,7 @@ def _step(env, td: TensorDict, action: float | torch.Tensor = 0.5) -> TensorDict
 
 
 def _flags(o: TensorDict) -> str:
-    trunc = str(bool(o["truncated"].any())) if "truncated" in o.keys() else "no key"
+    trunc = str(bool(o["truncated"].any())) if "truncated" in o.keys() else "no key"  # noqa: SIM118 (TensorDict has no `in`)
     return f"done={bool(o['done'].any())} terminated={bool(o['terminated'].any())} truncated={trunc}"
 
 
