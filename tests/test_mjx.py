@@ -118,7 +118,7 @@ def test_a_non_finite_state_terminates_and_the_auto_reset_restarts_that_env_alon
     td = env.reset()
     td["action"] = torch.full((N, 6), 0.5)
     td = env.step_and_maybe_reset(td)[1]
-    data = env._state.data  # env 0's velocities go non-finite (a NaN action would not: Warp clamps it away)
+    data = env._state.data  # env 0's velocities go non-finite (a NaN action leaves the Warp pipeline's state finite)
     env._state = env._state.replace(data=data.replace(qvel=data.qvel.at[0].set(jnp.nan)))
     td["action"] = torch.full((N, 6), 0.5)
     stepped, nxt = env.step_and_maybe_reset(td)

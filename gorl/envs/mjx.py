@@ -45,6 +45,7 @@ DLPack both ways, but not what the loop relies on, and an adapter would have to 
   again (our jitted functions are shared per task and process). The rule we set was to adopt it,
   behind a thin adapter, only if it met these conventions within 10% of our speed.
 
+Process-wide settings made on import, before JAX starts:
 
 - ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless the user set it: by default JAX claims 75% of a
   GPU's memory at its first operation, leaving torch's networks too little. With it off JAX
