@@ -41,9 +41,9 @@ DLPack both ways, but not what the loop relies on, and an adapter would have to 
   ``seed + i`` for env ``i``.
 - speed: on our 2-core CPU (``impl: jax``, same batch and loop) it stepped at about half our rate
   on cheetah-run once compiled, where the cost outside the physics shows (on hopper-stand, whose
-  contacts dominate a step, no difference was resolved), and every new env object of it compiles its step
-  again (our jitted functions are shared per task and process). The rule we set was to adopt it,
-  behind a thin adapter, only if it met these conventions within 10% of our speed.
+  contacts dominate a step, no difference was resolved), and every new env object of it compiles
+  its step again (our jitted functions are shared per task and process). The rule we set was to
+  adopt it, behind a thin adapter, only if it met these conventions within 10% of our speed.
 
 Process-wide settings made on import, before JAX starts:
 
