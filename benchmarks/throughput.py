@@ -27,10 +27,17 @@ For each task, on the same machine and in the same process:
                the seconds its first reset + step took (JAX compile; a warm persistent cache
                shortens it), for each pipeline in ``--mjx-impls``. On a GPU machine pass
                ``--mjx-device cuda`` (2048 envs is the paper's shape).
+  (e') torchrl with ``--mjx-torchrl``: beside each (e) row, TorchRL's own
+               ``MujocoPlaygroundWrapper`` around the very same Playground env object (same task,
+               ``impl`` and model; its solver warning quieted as ours), batch size and loop,
+               interleaved with (e) in every repeat. It has no time limit and no partial reset
+               (``benchmarks/playground_env.py`` checks its conventions), which the loop's few
+               hundred batch steps never reach, so both rows time the same physics.
 Each rate is printed with its ratio to (a). Timing thresholds live here, never in unit tests.
 
     python benchmarks/throughput.py --tasks cheetah-run hopper-stand
     python benchmarks/throughput.py --tasks cheetah-run --env-only --mjx --mjx-envs 64 256   # backends only
+    python benchmarks/throughput.py --tasks cheetah-run --env-only --mjx --mjx-impls jax --mjx-torchrl  # + TorchRL's env
 """
 
 from __future__ import annotations
@@ -123,6 +130,26 @@ def mjx_rate(task: str, num_envs: int, impl: str, device: str, seconds: float) -
     """(steps/s, seconds of the first reset + step) of the MJX backend under random actions."""
     t0 = time.perf_counter()
     env = make_env(EnvConfig(task=task, num_envs=num_envs, backend="mjx", mjx_impl=impl, device=device), seed=0)
+    return _batch_rate(env, t0, seconds)
+
+
+def torchrl_mjx_rate(task: str, num_envs: int, impl: str, device: str, seconds: float) -> tuple[float, float]:
+    """:func:`mjx_rate` of TorchRL's ``MujocoPlaygroundWrapper`` around the same Playground env
+    object our backend steps (``gorl.envs.mjx._playground_env``: same model, ``impl`` and quieted
+    Warp warning), so the rows differ only in the wrapper."""
+    from torchrl.envs import MujocoPlaygroundWrapper
+
+    from gorl.envs.mjx import _playground_env
+
+    t0 = time.perf_counter()
+    env = MujocoPlaygroundWrapper(_playground_env(task, impl), batch_size=[num_envs], device=device)
+    env.set_seed(0)
+    return _batch_rate(env, t0, seconds)
+
+
+def _batch_rate(env, t0: float, seconds: float) -> tuple[float, float]:
+    """(steps/s, seconds from ``t0`` through the first reset + 3 steps) of a batched JAX env under
+    random actions through ``step_and_maybe_reset``."""
     td = env.reset()
     shape = env.action_spec.shape
     for _ in range(3):  # the step's compile, and the masked reset's on the first done-check
@@ -256,7 +283,10 @@ def main() -> None:
     p.add_argument("--mjx-envs", type=int, nargs="+", default=[64, 256], help="MJX batch sizes")
     p.add_argument("--mjx-impls", nargs="+", default=["jax", "warp"], help="MJX pipelines (jax, warp)")
     p.add_argument("--mjx-device", default="cpu", help="cpu or cuda[:k]")
+    p.add_argument("--mjx-torchrl", action="store_true", help="with --mjx: add TorchRL's MujocoPlaygroundWrapper rows (e')")
     args = p.parse_args()
+    if args.mjx_torchrl and not args.mjx:
+        p.error("--mjx-torchrl adds rows beside the --mjx rows: pass --mjx too")
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -285,11 +315,22 @@ def main() -> None:
             for impl in args.mjx_impls:
                 for m in args.mjx_envs:
                     # Median of the rates; the first-call time of the first repeat (later ones hit
-                    # this process's compiled functions).
-                    pairs = [mjx_rate(task, m, impl, args.mjx_device, args.seconds) for _ in range(args.repeats)]
-                    rate = statistics.median(r for r, _ in pairs)
+                    # this process's compiled functions). With --mjx-torchrl, TorchRL's env runs
+                    # right after ours in every repeat, so slow spells of a shared machine hit both.
+                    makers = {"ours": mjx_rate, **({"torchrl": torchrl_mjx_rate} if args.mjx_torchrl else {})}
+                    pairs: dict[str, list[tuple[float, float]]] = {k: [] for k in makers}
+                    for _ in range(args.repeats):
+                        for key, fn in makers.items():
+                            pairs[key].append(fn(task, m, impl, args.mjx_device, args.seconds))
+                    rate = statistics.median(r for r, _ in pairs["ours"])
                     env_rows.append((f"(e) MJX ({impl}, {args.mjx_device}), 1 process x {m}", rate, 1))
-                    env_rows.append((f"    first reset + 3 steps: {pairs[0][1]:.1f} s; vs (b) 1 process", rate / env["env1"], None))
+                    env_rows.append((f"    first reset + 3 steps: {pairs['ours'][0][1]:.1f} s; vs (b) 1 process", rate / env["env1"], None))
+                    if args.mjx_torchrl:
+                        theirs = statistics.median(r for r, _ in pairs["torchrl"])
+                        env_rows.append((f"    {_spread(pairs['ours'])}", None, None))
+                        env_rows.append((f"(e') TorchRL's Playground env ({impl}) x {m}", theirs, 1))
+                        env_rows.append((f"    first reset + 3 steps: {pairs['torchrl'][0][1]:.1f} s; vs (e)", theirs / rate, None))
+                        env_rows.append((f"    {_spread(pairs['torchrl'])}", None, None))
         if args.env_only:
             _print(task, env_rows, raw)
             continue
@@ -333,10 +374,21 @@ def main() -> None:
         _print(task, rows, raw)
 
 
-def _print(task: str, rows: list[tuple[str, float, int | None]], raw: float) -> None:
-    """One line per row: rate, ratio to the raw loop (a), per core; ``cores=None`` rows are ratios."""
+def _spread(pairs: list[tuple[float, float]]) -> str:
+    """The repeats' rates and first-call seconds, for the noise: a later repeat's first call shows
+    whether a new env object of the same shape compiles again."""
+    rates = "/".join(f"{r:.0f}" for r, _ in pairs)
+    firsts = "/".join(f"{f:.1f}" for _, f in pairs)
+    return f"repeats: {rates} steps/s; first calls {firsts} s"
+
+
+def _print(task: str, rows: list[tuple[str, float | None, int | None]], raw: float) -> None:
+    """One line per row: rate, ratio to the raw loop (a), per core; ``cores=None`` rows are ratios,
+    ``rate=None`` rows a note."""
     for label, rate, cores in rows:
-        if cores is None:
+        if rate is None:
+            print(f"{task:<14} {label}")
+        elif cores is None:
             print(f"{task:<14} {label:<44} {'':>9} {rate:>5.2f}x")
         else:
             print(f"{task:<14} {label:<44} {rate:>9.0f} {rate / raw:>6.2f} {rate / raw / cores:>9.2f}")

@@ -8,6 +8,7 @@ by skipping them.
 import csv
 import os
 
+import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
@@ -57,6 +58,7 @@ def test_specs_shapes_and_dtypes(env):
     assert out["reward"].shape == (N, 1) and out["reward"].dtype == torch.float32
     for key in ("done", "terminated", "truncated"):
         assert out[key].shape == (N, 1) and out[key].dtype == torch.bool
+    assert {out[key].device for key in out.keys()} == {td["observation"].device} == {env.device}  # noqa: SIM118 (a TensorDict iterates its batch)
 
 
 def test_warp_solver_iteration_warning_is_quiet(env, capfd):
@@ -86,6 +88,45 @@ def test_limit_is_truncation_not_termination_and_masked_reset(env):
     # ...and only they restart their step count: the others truncate at the very next step.
     (nxt,) = _steps(env, 1)
     assert torch.equal(nxt["truncated"].squeeze(-1), ~mask)
+
+
+def test_actions_in_unit_box_reach_the_simulator_as_the_models_ctrl(env):
+    """The loop's squashed actions live in [-1, 1]; the simulator gets them mapped affinely onto the
+    actuators' ctrlrange (the identity for every paper task: all their ports use [-1, 1])."""
+    from gorl.envs.dmc import PAPER_TASKS
+    from gorl.envs.mjx import _playground_env
+
+    env.reset()
+    action = torch.linspace(-1, 1, N * 6).reshape(N, 6)
+    env.step(TensorDict({"action": action}, [N]))
+    low, high = torch.as_tensor(_playground_env("cheetah-run", env.impl).mj_model.actuator_ctrlrange, dtype=torch.float32).T
+    torch.testing.assert_close(torch.as_tensor(np.asarray(env._state.data.ctrl)).reshape(N, 6), low + (action + 1) / 2 * (high - low))
+    for task in PAPER_TASKS:
+        ranges = _playground_env(task, "jax").mj_model.actuator_ctrlrange
+        assert (ranges == [-1.0, 1.0]).all(), (task, ranges)
+
+
+def test_a_non_finite_state_terminates_and_the_auto_reset_restarts_that_env_alone(env):
+    """Playground's suite ports mark a non-finite physics state ``done``: that is ``terminated``
+    (no bootstrap), and the collector's ``step_and_maybe_reset`` restarts that env only, the others
+    carrying on from their simulator states, which their reported observations must be.
+    (TorchRL 0.14's ``MujocoPlaygroundWrapper`` restarts every env here and reports stale
+    observations for the others: ``benchmarks/playground_env.py``.)"""
+    import jax.numpy as jnp
+
+    env.set_seed(0)
+    td = env.reset()
+    td["action"] = torch.full((N, 6), 0.5)
+    td = env.step_and_maybe_reset(td)[1]
+    data = env._state.data  # env 0's velocities go non-finite (a NaN action leaves the Warp pipeline's state finite)
+    env._state = env._state.replace(data=data.replace(qvel=data.qvel.at[0].set(jnp.nan)))
+    td["action"] = torch.full((N, 6), 0.5)
+    stepped, nxt = env.step_and_maybe_reset(td)
+    assert stepped["next", "terminated"].squeeze(-1).tolist() == [True, False, False, False]
+    assert not stepped["next", "truncated"].any()
+    assert torch.isfinite(nxt["observation"]).all()  # env 0 starts anew
+    assert torch.equal(nxt["observation"][1:], stepped["next", "observation"][1:])  # the others carry on
+    assert torch.equal(nxt["observation"], torch.from_dlpack(env._state.obs))  # and report their states
 
 
 def test_seeding_reproduces_and_each_env_has_its_own_stream(env):

@@ -23,6 +23,28 @@ Conventions (the same as :class:`~gorl.envs.dmc.DMControlBatchEnv`):
   do not depend on when the other envs reset. (Playground's Brax training wrapper by default
   returns to a cached first state instead; we follow dm_control, where each episode draws anew.)
 
+Why not TorchRL's own ``MujocoPlaygroundEnv`` / ``MujocoPlaygroundWrapper`` (TorchRL 0.14.1): set
+beside this class on the same Playground env object (``benchmarks/playground_env.py``,
+``benchmarks/throughput.py --mjx --mjx-torchrl``; benchmarks/RESULTS.md §4 has the tables), it
+shares our observation key, float32 outputs on the env's device, actions passed as ``ctrl`` and
+DLPack both ways, but not what the loop relies on, and an adapter would have to rebuild this class:
+
+- partial reset: its ``_reset`` ignores the ``_reset`` mask and restarts every env's simulator,
+  while TorchRL's reset keeps the other envs' old observations in the TensorDict. When one env ends
+  alone (a non-finite state; on the suite ports every env otherwise truncates at the same step) the
+  others silently go on from fresh states while the policy sees their old observations. Honouring
+  the mask takes a masked merge of states and per-env key streams: this class's ``_reset``.
+- time limit: none (Playground's limit lives in its Brax training wrapper) and ``terminated`` is
+  ``done``. TorchRL's ``StepCounter(max_steps)`` adds ``truncated``, and a ``step_count`` entry
+  that :mod:`gorl.envs.factory` would fold into the observation vector.
+- seeding: one key split over the batch at each reset; reproducible and distinct per env, but not
+  ``seed + i`` for env ``i``.
+- speed: on our 2-core CPU (``impl: jax``, same batch and loop) it stepped at about half our rate
+  on cheetah-run once compiled, where the cost outside the physics shows (on hopper-stand, whose
+  contacts dominate a step, no difference was resolved), and every new env object of it compiles
+  its step again (our jitted functions are shared per task and process). The rule we set was to
+  adopt it, behind a thin adapter, only if it met these conventions within 10% of our speed.
+
 Process-wide settings made on import, before JAX starts:
 
 - ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless the user set it: by default JAX claims 75% of a
