@@ -244,7 +244,7 @@ class GoRLSystem(pl.LightningModule):
         # env transforms TorchRL 0.14 would otherwise warn about (InitTracker) on every run.
         # Devices are given explicitly (policy: the module's, storage: the env's): left unset,
         # TorchRL 0.14 copies every step's tensordict onto the env's device even when nothing
-        # moves (~0.1 ms of the parent's ~0.8 ms per 64-env step, measured on CPU).
+        # moves (a measurable share of a CPU env step: benchmarks/RESULTS.md, timings moved out of comments).
         env_device = self.train_env.device
         return Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True,
                          auto_register_policy_transforms=False, policy_device=self.device,
@@ -367,8 +367,8 @@ class GoRLSystem(pl.LightningModule):
     def _next_rollout(self) -> TensorDictBase:
         # Collection runs torch on one thread: the acting networks' matrices are too small to gain
         # from a second one, and its OpenMP wake-ups and spin-waits take the core an env worker
-        # process steps physics on (measured on 2 cores, 2 env processes: collection at 0.59-0.71
-        # of raw physics speed with 2 torch threads, 1.04-1.39 with 1). Updates get them back.
+        # process steps physics on (on 2 cores with 2 env processes, collection ran at about half
+        # the speed with 2 torch threads: benchmarks/RESULTS.md). Updates get them back.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
