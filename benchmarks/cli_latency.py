@@ -32,7 +32,8 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("unknown key --trainer.max_epochz", ["-m", "gorl", "fit", "--config", "{root}/conf/smoke.yaml", "--trainer.max_epochz", "3"]),
     ("unknown key in a class's arguments", ["-m", "gorl", "fit", "--config", "{root}/conf/hopper.yaml", "--model.encoder.init_args.lrr", "1"]),
     ("unknown task cheetah-fly", ["-m", "gorl", "fit", "--config", "{root}/conf/smoke.yaml", "--model.env.task", "cheetah-fly"]),
-    ("wrong type (full parser)", ["-m", "gorl", "fit", "--config", "{root}/conf/smoke.yaml", "--model.env.num_envs", "abc"]),
+    ("wrong type of a plain setting", ["-m", "gorl", "fit", "--config", "{root}/conf/smoke.yaml", "--model.env.num_envs", "abc"]),
+    ("wrong type of a class's argument (full parser)", ["-m", "gorl", "fit", "--config", "{root}/conf/smoke.yaml", "--model.encoder.init_args.lr", "fast"]),
 ]
 
 

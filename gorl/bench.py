@@ -201,19 +201,28 @@ def read_run(run_dir: Path) -> dict | None:
             **json.loads(done.read_text())}
 
 
+# prepare_resume's answer for a run whose last checkpoint is the end of its plan.
+FINISHED = Path("<finished>")
+
+
 def prepare_resume(run_dir: Path) -> Path | None:
     """An unfinished run's last checkpoint, with its metrics so far set aside (the CSV logger would
-    delete them); None if there is nothing to resume."""
+    delete them); None if there is nothing to resume; :data:`FINISHED` if the checkpoint is the end
+    of the run's plan (stopped after training and before ``done.json``: ``gorl fit`` would refuse to
+    resume it, and there is nothing to train)."""
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if (run_dir / "done.json").exists() or not ckpt.is_file():
         return None
     import torch
 
     try:
-        frames = float(torch.load(ckpt, map_location="cpu", weights_only=True)["gorl_loop"]["state"]["frames"])
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["gorl_loop"]["state"]
+        frames = float(state["frames"])
     except Exception as err:  # a checkpoint cut short by the kill: start the run again
         print(f"[bench] {run_dir}: unreadable last.ckpt ({type(err).__name__}), starting over", flush=True)
         return None
+    if state.get("phase") == "done":
+        return FINISHED  # stopped after its plan's end and before done.json: nothing left to train
     resumed = resumed_frames(run_dir)
     if (run_dir / "metrics.csv").exists():
         (run_dir / "metrics.csv").rename(run_dir / f"metrics.part{len(resumed)}.csv")
@@ -337,6 +346,9 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
     if args.jobs > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # N runs on N cores, not N x all cores
     ckpt = prepare_resume(run_dir)
+    if ckpt is FINISHED:
+        print(f"[bench] {name} {task} seed {seed}: its last checkpoint is the end of its plan; recording it as finished", flush=True)
+        return _record_done(name, method, task, seed, args, run_dir, cmd)
     if ckpt is not None:
         cmd += ["--ckpt_path", str(ckpt)]
     print(f"[bench] {name} {task} seed {seed}: " + (f"resuming from {ckpt}" if ckpt else "running"), flush=True)
@@ -361,14 +373,19 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
         lines = [line for line in log_path.read_text().splitlines() if line.strip()]
         tail = [line for line in lines if line.startswith("gorl: error")][-1:] or lines[-1:] or ["(no output)"]
         raise RuntimeError(f"{name} {task} seed {seed} failed ({tail[0]}); its log: {log_path}")
+    return _record_done(name, method, task, seed, args, run_dir, cmd)
+
+
+def _record_done(name: str, method: Method, task: str, seed: int, args: argparse.Namespace, run_dir: Path, cmd: list[str]) -> dict:
+    """Write a finished run's ``done.json`` (and archive its record), and return its results."""
     resumed = resumed_frames(run_dir)
-    parts, started = part_seconds(log_path)
+    parts, started = part_seconds(run_dir / "gorl.log")
     # wall_s: every part of the run on record; wall_parts_missing counts parts with no time (killed
     # and never snapshotted), which the results table marks.
     (run_dir / "done.json").write_text(json.dumps({"wall_s": sum(parts), "wall_parts_s": parts, "wall_parts_missing": started - len(parts),
                                                    "command": cmd, "resumed_from": resumed}))
     if args.archive:
-        archive_run(run_dir, Path(args.archive) / group / version, run_signature(method, task, seed, args))
+        archive_run(run_dir, Path(args.archive) / f"{name}_{task}" / f"seed{seed}", run_signature(method, task, seed, args))
     got = read_run(run_dir)
     print(f"[bench] {name} {task} seed {seed}: final eval/return {got['final_return']:.1f} in {got['wall_s'] / 60:.1f} min", flush=True)
     return got

@@ -79,6 +79,26 @@ def expand_defaults(argv: list[str]) -> list[str]:
 class _Keys:
     def __init__(self, schema: dict[str, list[str]]) -> None:
         self.groups, self.leaves, self.open = set(schema["groups"]), set(schema["leaves"]), tuple(schema["open"])
+        self.scalars: dict[str, str] = dict(schema.get("scalars", {}))
+
+    def check_value(self, key: str, value: Any, where: str = "") -> None:
+        """A value that cannot be the plain ``int``, ``float`` or ``bool`` ``key`` takes (a word where a
+        number goes, a list where one value goes), in the parser's words; anything else passes."""
+        kind = self.scalars.get(key)
+        if kind is None or value is None or isinstance(value, (int, float)):
+            return
+        if isinstance(value, str):
+            if "${" in value:
+                return
+            if kind in ("int", "float"):
+                try:
+                    float(value)
+                    return
+                except ValueError:
+                    pass
+            elif value.lower() in ("true", "false", "yes", "no", "on", "off"):
+                return
+        raise ConfigError(f"{where}{key}: expected {kind}, got {value!r}")
 
     def known(self, key: str) -> bool:
         return key in self.groups or key in self.leaves or any(key == o or key.startswith(o + ".") for o in self.open)
@@ -128,6 +148,8 @@ def _walk(data: dict, prefix: str, keys: _Keys, where: str) -> None:
                 _walk(value, key + ".", keys, where)
         elif not keys.known(key):
             raise ConfigError(f"{where}: unknown key {key}{keys.hint(key)}")
+        else:
+            keys.check_value(key, value, f"{where}: ")
 
 
 def _cli_options(argv: list[str]) -> list[tuple[str, str | None]]:
@@ -179,9 +201,17 @@ def check_argv(subcommand: str, argv: list[str]) -> None:
         _walk(data, "", keys, f"config {path}")
         _merge(merged, data)
         configs.append((path, data))
-    for key, _ in options:
+    import yaml
+
+    for key, value in options:
         if key not in _NOT_KEYS and not key.endswith(".help") and not keys.known(key):
             raise ConfigError(f"unknown option --{key}{keys.hint(key, '--')}")
+        if value is not None and key in keys.scalars:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
+            keys.check_value(key, parsed)
     for param in config_keys.CLASS_PARAMS:
         _check_init_args(param, merged, configs, options, config_keys.CLASSES)
     _check_task(merged, options, config_keys.TASKS)
@@ -310,7 +340,13 @@ def _is_leaf_type(t: Any) -> bool:
     return t in (int, float, str, bool, type(None)) or getattr(t, "__module__", "") in ("pathlib", "datetime")
 
 
-def _expand(prefix: str, cls: type, schema: dict[str, set[str]]) -> None:
+def _note_scalar(key: str, t: Any, schema: dict[str, Any]) -> None:
+    """Keys of exactly ``int``, ``float`` or ``bool`` (or Optional of one): their values are checked too."""
+    if t in (int, float, bool):
+        schema["scalars"][key] = t.__name__
+
+
+def _expand(prefix: str, cls: type, schema: dict[str, Any]) -> None:
     import dataclasses
     import typing
 
@@ -322,6 +358,7 @@ def _expand(prefix: str, cls: type, schema: dict[str, set[str]]) -> None:
             _expand(key, t, schema)
         else:
             schema["leaves" if _is_leaf_type(t) else "open"].add(key)
+            _note_scalar(key, t, schema)
 
 
 def full_parser() -> Any:
@@ -356,7 +393,7 @@ def build_schema() -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for sub, parser in full_parser()._subcommands_action._name_parser_map.items():
-        schema: dict[str, set[str]] = {"groups": set(), "leaves": set(), "open": set()}
+        schema: dict[str, Any] = {"groups": set(), "leaves": set(), "open": set(), "scalars": {}}
         for action in parser._actions:
             dest = action.dest
             if dest in _NOT_KEYS or dest.endswith(".help"):
@@ -369,9 +406,11 @@ def build_schema() -> dict[str, Any]:
                     _expand(dest, t, schema)
                 else:
                     schema["leaves" if _is_leaf_type(t) else "open"].add(dest)
+                    _note_scalar(dest, t, schema)
             else:
                 schema["leaves"].add(dest)
-        out[sub] = {k: sorted(v) for k, v in schema.items()}
+        scalars = dict(sorted(schema.pop("scalars").items()))
+        out[sub] = {**{k: sorted(v) for k, v in schema.items()}, "scalars": scalars}
     return {"SCHEMA": out, "TASKS": suite_tasks(), "CLASS_PARAMS": list(CLASS_PARAMS), "CLASSES": _class_arguments()}
 
 

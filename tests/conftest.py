@@ -45,10 +45,26 @@ def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.Co
         # Lightning logs to stderr (its "[gorl] ..." lines included) through a handler it adds at
         # import only when the root logger has none, as in `python -m gorl`; under pytest it has
         # pytest's, so the lines would go there: send them to this call's stderr, as the command does.
+        # Earlier tests may have left those loggers with handlers of their own (a capture that has
+        # ended) or another level: for the call, each has exactly this handler at INFO, as at import.
         to_stderr = logging.StreamHandler(sys.stderr)
-        quiet = [lg for lg in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric")) if not lg.handlers]
-        for lg in quiet:
-            lg.addHandler(to_stderr)
+        saved = []
+        for lg in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric")):
+            saved.append((lg, list(lg.handlers), lg.level, lg.propagate))
+            lg.handlers, lg.propagate = [to_stderr], False
+            lg.setLevel(logging.INFO)
+        # ... and this process is rank 0, as a fresh `gorl fit` is (a Trainer run earlier in this
+        # process may have set Lightning's rank-zero switch otherwise).
+        from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only as pl_rank_zero
+
+        switches = [(f, getattr(f, "rank", 0)) for f in {fabric_rank_zero, pl_rank_zero}]
+        for f, _ in switches:
+            f.rank = 0
+        rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        saved_rank_zero = (rank_zero.level, list(rank_zero.handlers), rank_zero.propagate)
+        rank_zero.setLevel(logging.NOTSET)
+        rank_zero.handlers, rank_zero.propagate = [], True
         try:
             main(list(args))
             code = 0
@@ -61,8 +77,13 @@ def gorl_in_process(capfd, monkeypatch, tmp_path) -> Callable[..., subprocess.Co
             os.environ.update(environ)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
-            for lg in quiet:
-                lg.removeHandler(to_stderr)
+            for lg, handlers, level, propagate in saved:
+                lg.handlers, lg.propagate = handlers, propagate
+                lg.setLevel(level)
+            for f, rank in switches:
+                f.rank = rank
+            rank_zero.setLevel(saved_rank_zero[0])
+            rank_zero.handlers, rank_zero.propagate = saved_rank_zero[1], saved_rank_zero[2]
         out, err = capfd.readouterr()
         return subprocess.CompletedProcess(["gorl", *args], code, out, err)
 

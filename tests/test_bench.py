@@ -176,7 +176,8 @@ def test_an_archive_carries_finished_and_unfinished_runs_to_a_fresh_out_and_refu
     assert other.returncode != 0 and "made with other settings" in other.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "c" / "ppo_toy-bandit").exists()
 
-    # An unfinished run: the finished one without its done.json, its last checkpoint kept.
+    # A run stopped between its plan's end and its done.json (its last checkpoint is the end): the
+    # snapshot archives it as unfinished, and a later call records it as finished without training.
     shutil.copytree(tmp_path / "a", tmp_path / "d")
     (tmp_path / "d" / "ppo_toy-bandit" / "seed0" / "done.json").unlink()
     assert (tmp_path / "d" / "ppo_toy-bandit" / "seed0" / "checkpoints" / "last.ckpt").is_file()
@@ -189,13 +190,15 @@ def test_an_archive_carries_finished_and_unfinished_runs_to_a_fresh_out_and_refu
     assert "# part stopped" in (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "gorl.log").read_text()
     resumed = _bench_args(tmp_path / "e", [*args, "--archive", str(tmp_path / "arch2")])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "unfinished, from its last checkpoint" in resumed.stdout and "resuming from" in resumed.stdout
+    assert "unfinished, from its last checkpoint" in resumed.stdout and "its last checkpoint is the end of its plan" in resumed.stdout
+    assert "resuming from" not in resumed.stdout
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["runs"][0]["final_return"] == final
     # Finished now, the archive holds its record and no longer a checkpoint.
     assert (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "done.json").exists()
     assert not (tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "checkpoints").exists()
-    # Its wall time covers both parts: the stopped one (from the snapshot) and the resumed one.
+    # Its wall time is its one part's, recorded by the snapshot from its last checkpoint (no part ran after it).
     done = json.loads((tmp_path / "arch2" / "ppo_toy-bandit" / "seed0" / "done.json").read_text())
-    assert len(done["wall_parts_s"]) == 2 and done["wall_parts_missing"] == 0
+    assert len(done["wall_parts_s"]) == 1 and done["wall_parts_missing"] == 0
     assert done["wall_s"] == sum(done["wall_parts_s"]) and done["wall_parts_s"][0] > 0
 
 
@@ -223,13 +226,13 @@ def test_a_matrix_of_whole_recipes_stops_at_its_time_limit_and_continues_from_th
     layer.write_text("checkpoint:\n  every_frames: 128\ncurves: false\n")
     archive, cmd = tmp_path / "archive", None
 
-    def bench(out: str):
+    def bench(out: str, minutes: str):
         nonlocal cmd
         cmd = [sys.executable, "-m", "gorl", "bench", "--recipes", f"long={recipe}", "--layers", str(layer), "--seeds", "0",
-               "--out", str(tmp_path / out), "--archive", str(archive), "--stop-after", "0.4"]
+               "--out", str(tmp_path / out), "--archive", str(archive), "--stop-after", minutes]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
-    first = bench("machine1")
+    first = bench("machine1", "0.3")  # long enough for the fit to start training and checkpoint
     assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
     run = archive / "long_toy-bandit" / "seed0"
     assert (run / "checkpoints" / "last.ckpt").is_file() and "stopped at the --stop-after limit" in (run / "gorl.log").read_text()
@@ -238,7 +241,7 @@ def test_a_matrix_of_whole_recipes_stops_at_its_time_limit_and_continues_from_th
     frames = float(status.split("| long | toy-bandit | 0 | unfinished | ")[1].split(" |")[0].replace(",", ""))
     assert frames > 0
     # Another machine, a fresh --out: the run continues from the archived checkpoint.
-    second = bench("machine2")
+    second = bench("machine2", "0.15")
     assert second.returncode == 3 and "restored from" in second.stdout and "resuming from" in second.stdout, second.stdout[-2000:]
     later = float((archive / "status.md").read_text().split("| long | toy-bandit | 0 | unfinished | ")[1].split(" |")[0].replace(",", ""))
     assert later >= frames  # a second part stopped before its first row adds none

@@ -147,6 +147,8 @@ def test_config_keys_are_current():
     ["--trainer.max_epochz", "3"], ["--model.loop.stagez", "[3]"], ["--model.env.task", "cheetah-fly"],
     ["--model.encoder.lrr", "1"], ["--model.encoder.init_args.lrr", "1"], ["--model.decoder.hiden", "[8]"],
     ["--config", "BAD_KEY"], ["--config", "BAD_INIT_ARG"],
+    ["--model.env.num_envs", "abc"], ["--model.refinement.steps", "many"], ["--curves", "maybe"], ["--model.loop.eval_every", "[1, 2]"],
+    ["--config", "BAD_TYPE"],
 ])
 def test_quick_checks_reject_only_what_the_parser_rejects(tmp_path, args):
     """Each input the light checks refuse (in a fraction of a second) is refused by the full parser
@@ -158,6 +160,7 @@ def test_quick_checks_reject_only_what_the_parser_rejects(tmp_path, args):
     from gorl.errors import GoRLError
 
     (tmp_path / "bad_key.yaml").write_text("model:\n  loop:\n    stagess: [3]\n")
+    (tmp_path / "bad_type.yaml").write_text("model:\n  refinement:\n    transitions: lots\n")
     (tmp_path / "bad_init_arg.yaml").write_text("model:\n  encoder:\n    class_path: gorl.encoders.EncoderModule\n    init_args:\n      lrr: 1\n")
     args = [str(tmp_path / f"{a.lower()}.yaml") if a.startswith("BAD_") else a for a in args]
     argv = expand_defaults(["--config", str(CONF / "smoke.yaml"), *args])
@@ -195,7 +198,8 @@ def test_help_and_quick_config_errors_import_no_torch(tmp_path):
              "print('HEAVY', heavy)\n")
     cases = [["--help"], ["export", "--help"], ["fit"], ["fit", "--config", str(CONF / "smoke.yaml"), "--trainer.max_epochz", "3"],
              ["fit", "--config", str(CONF / "smoke.yaml"), "--model.env.task", "cheetah-fly"],
-             ["fit", "--config", str(CONF / "hopper.yaml"), "--model.encoder.init_args.lrr", "1"], ["fit", "--config", "nope.yaml"]]
+             ["fit", "--config", str(CONF / "hopper.yaml"), "--model.encoder.init_args.lrr", "1"], ["fit", "--config", "nope.yaml"],
+             ["fit", "--config", str(CONF / "smoke.yaml"), "--model.env.num_envs", "abc"]]
     for args in cases:
         res = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                              env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
