@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import csv
 import json
 import os
 import re
@@ -422,7 +423,7 @@ def run_status(run_dir: Path) -> dict:
     if (run_dir / "metrics.csv").is_file():
         rows = run_rows(run_dir / "metrics.csv")
     elif parts:  # the newest part was stopped before its first row: the rows so far are the earlier parts'
-        rows = run_rows(parts[-1])
+        rows = [r for part in parts for r in csv.DictReader(part.open(newline=""))]
     else:
         return {"status": "not started"}
     frames = max((float(r["loop/frames"]) for r in rows if r.get("loop/frames")), default=None)
