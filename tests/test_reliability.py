@@ -3,7 +3,6 @@ clear one-line failures, the last good checkpoint kept, and reproducible seeding
 
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from gorl.analysis.io import load_metrics, run_rows
-from tests.conftest import CONF, ROOT, run_gorl
+from tests.conftest import CONF, ROOT, copy_runs, gorl_main, run_gorl
 
 # A smoke plan long enough to be killed in the middle of each phase.
 PLAN = ["--config", str(CONF / "smoke.yaml"), "--model.loop.stages", "[1024, 1024]", "--model.loop.eval_every", "256",
@@ -60,26 +59,20 @@ def _kill_when(marker: str, cwd: Path, plan: list[str] = PLAN) -> None:
 
 @pytest.fixture(scope="module")
 def plan_reference(tmp_path_factory) -> Path:
-    """The uninterrupted run of PLAN that each killed-and-resumed run is compared with."""
+    """The uninterrupted run of PLAN that each killed-and-resumed run is compared with (the killed
+    runs are real processes; this one, a reference, runs in this process)."""
     ref = tmp_path_factory.mktemp("reference")
-    res = run_gorl("fit", *PLAN, cwd=ref)
-    assert res.returncode == 0, res.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ref)
+        assert gorl_main("fit", *PLAN) == 0
     return ref
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """A finished ``gorl fit --config conf/smoke.yaml`` (seed 0), read by several tests; a test that
-    adds runs beside it works on a copy (:func:`_copy_of`)."""
-    cwd = tmp_path_factory.mktemp("smoke")
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), cwd=cwd)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return cwd
-
-
-def _copy_of(run_cwd: Path, to: Path) -> Path:
-    shutil.copytree(run_cwd / "runs", to / "runs", dirs_exist_ok=True)
-    return next(to.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+@pytest.fixture
+def smoke_run(smoke_fit) -> Path:
+    """A finished ``gorl fit --config conf/smoke.yaml`` (seed 0; tests/conftest.py's, shared by the
+    session), read by several tests; a test that adds runs beside it works on a copy (:func:`copy_runs`)."""
+    return smoke_fit[0]
 
 
 @pytest.mark.parametrize(
@@ -89,7 +82,7 @@ def _copy_of(run_cwd: Path, to: Path) -> Path:
     [("[gorl] stage 1 | frames 1,280", "encoder"), ("[gorl] stage 0 decoder step 3/", "decoder")],
     ids=["mid-encoder-phase", "mid-decoder-refinement"],
 )
-def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, plan_reference, marker, expected_phase):
+def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, plan_reference, gorl_in_process, marker, expected_phase):
     ref = plan_reference
     full = _phase_sequence(next(ref.glob("runs/gorl/version_0/metrics.csv")))
 
@@ -97,7 +90,9 @@ def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, plan_reference, ma
     (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
     saved = torch.load(ckpt, weights_only=True)["gorl_loop"]["state"]
     assert saved["phase"] == expected_phase
-    res = run_gorl("fit", *PLAN, "--ckpt_path", "last", cwd=tmp_path)
+    # The kill is a real process's; the resume runs in this process (the next test resumes a killed
+    # run as the user types it).
+    res = gorl_in_process("fit", *PLAN, "--ckpt_path", "last")
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = _phase_sequence(next(tmp_path.glob("runs/gorl/version_1/metrics.csv")))
     start = full.index((saved["stage"], int(saved["phase"] != "encoder")))
@@ -143,7 +138,7 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path, smoke_run
     ):
         res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), *args)
         assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("gorl: error:") and expected in res.stderr
-    good = _copy_of(smoke_run, tmp_path)
+    good = copy_runs(smoke_run, tmp_path)
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(corrupt), cwd=tmp_path, timeout=120)
@@ -215,15 +210,16 @@ def test_metrics_rows_survive_a_kill(tmp_path):
     assert frames and max(frames) >= 1280 and any(r.get("eval/return") for r in rows)
 
 
-def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path):
+def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path, smoke_run, gorl_in_process):
+    # The finished smoke run (a copy), and one refusal as the user types it; the rest in this process.
     smoke = ["--config", str(CONF / "smoke.yaml"), "--curves", "false"]
-    assert run_gorl("fit", *smoke, cwd=tmp_path).returncode == 0
+    copy_runs(smoke_run, tmp_path)
     # A finished run is not "resumed" (that printed "finished ... in 0 s" and exited 0).
     res = run_gorl("fit", *smoke, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and last.startswith("gorl: error:") and "finished (stage 2, 1,024 env frames)" in last
     # Nor is it when named by its path: that too trained nothing and exited 0.
-    res = run_gorl("fit", *smoke, "--ckpt_path", "runs/gorl/version_0/checkpoints/last.ckpt", cwd=tmp_path, timeout=120)
+    res = gorl_in_process("fit", *smoke, "--ckpt_path", "runs/gorl/version_0/checkpoints/last.ckpt")
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and "is the end of a finished run (stage 2 of a 3-stage plan, 1,024 env frames)" in last
     assert sorted(p.name for p in (tmp_path / "runs" / "gorl").iterdir()) == ["version_0"]
@@ -231,12 +227,12 @@ def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path):
     # reached, rather than resuming the finished run of another config above.
     plan = [*LONG, "--checkpoint.metrics_every_seconds", "0"]
     _kill_when("[gorl] stage 0 | frames 1,408", tmp_path, plan)
-    res = run_gorl("fit", *plan, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
+    res = gorl_in_process("fit", *plan, "--ckpt_path", "last")
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and last.startswith("gorl: error:") and "version_1, stopped before writing a checkpoint (it reached" in last
     assert "resuming" not in res.stderr
     # The finished run's config still finds its own run, not the newer one of another config.
-    res = run_gorl("fit", *smoke, "--ckpt_path", "last", cwd=tmp_path, timeout=120)
+    res = gorl_in_process("fit", *smoke, "--ckpt_path", "last")
     assert res.returncode == 2 and "runs/gorl/version_0, finished" in res.stderr.strip().splitlines()[-1]
 
 
@@ -247,24 +243,27 @@ class _RunsCode:
         return (os.system, ("touch pwned",))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, smoke_run):
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, smoke_run, gorl_in_process):
     good = next(smoke_run.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
     state = torch.load(good, weights_only=True)  # the real checkpoint needs no pickle at all
     state["gorl_loop"]["extra"] = _RunsCode()
     evil = tmp_path / "evil.ckpt"
     torch.save(state, evil)
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(evil), cwd=tmp_path, timeout=120)
+    # In this process (test_missing_and_corrupt_checkpoints_are_one_line_errors runs a bad checkpoint
+    # as the user types it): the refusal is the loader's, whichever process calls it.
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(evil))
     assert res.returncode != 0 and "refusing to unpickle" in res.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("env_cls, expected", [("NaNRewardEnv", "non-finite loss"), ("NaNObsEnv", "non-finite observation")])
-def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, request, env_cls, expected):
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, gorl_in_process, env_cls, expected):
     args = ("fit", "--config", str(CONF / "smoke.yaml"), "--model.env.factory", f"tests.envs_faulty:{env_cls}",
             "--model.env.num_envs", "4", "--model.env.eval_envs", "1", "--model.loop.eval_max_steps", "5",
             "--model.encoder.unroll", "16", "--checkpoint.every_frames", "64")
-    # The first as the user runs it; the second in this process (the same CLI, without the imports).
-    res = run_gorl(*args, cwd=tmp_path) if env_cls == "NaNRewardEnv" else request.getfixturevalue("gorl_in_process")(*args)
+    # In this process (the same CLI, without the imports): test_a_dying_env_worker_fails_fast_with_a_clear_error
+    # runs an error raised in training as the user types it.
+    res = gorl_in_process(*args)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("gorl: error:") and expected in last and "encoder phase, stage 0, frame" in last
@@ -290,12 +289,15 @@ def _metrics_without_timing(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
 
-def test_same_seed_gives_identical_metrics(tmp_path, smoke_run):
-    runs = [_metrics_without_timing(smoke_run)]  # smoke.yaml's seed_everything: 0
+def test_same_seed_gives_identical_metrics(tmp_path, smoke_run, monkeypatch):
+    # The first run is a `gorl fit` process (smoke.yaml's seed_everything: 0); the others run in this
+    # process, after whatever earlier tests did here: the seed alone has to make them repeat.
+    runs = [_metrics_without_timing(smoke_run)]
     for name, seed in (("b", 0), ("c", 4)):
         d = tmp_path / name
         d.mkdir()
-        assert run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--seed_everything", str(seed), cwd=d).returncode == 0
+        monkeypatch.chdir(d)
+        assert gorl_main("fit", "--config", str(CONF / "smoke.yaml"), "--seed_everything", str(seed)) == 0
         runs.append(_metrics_without_timing(d))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
