@@ -13,7 +13,7 @@ from tensordict import TensorDict
 from gorl.baselines import DPPO, FPO
 from gorl.baselines.common import clipped_surrogate
 from gorl.decoders.diffusion import cosine_alpha_bar
-from tests.conftest import CONF, run_gorl
+from tests.conftest import CONF
 
 SMALL = dict(hidden=[16, 16], critic_hidden=[32, 32], epochs=2, minibatch_size=32, unroll=8)
 
@@ -292,8 +292,8 @@ def test_every_baseline_config_parses_and_references_the_shared_task_files():
         ("ppo_baseline", ["--model.encoder.actor_hidden", "[16,16]"]),
     ],
 )
-def test_tiny_gorl_fit_of_each_baseline(tmp_path, encoder, overrides):
-    res = run_gorl(
+def test_tiny_gorl_fit_of_each_baseline(tmp_path, gorl_in_process, encoder, overrides):
+    res = gorl_in_process(  # in this process: about the baseline's config and training, not the command line
         "fit", "--config", str(CONF / "smoke.yaml"),
         "--model.encoder", str(CONF / "encoder" / f"{encoder}.yaml"),
         "--model.decoder", str(CONF / "decoder" / "identity.yaml"),
@@ -301,7 +301,6 @@ def test_tiny_gorl_fit_of_each_baseline(tmp_path, encoder, overrides):
         "--model.encoder.unroll", "8", "--model.encoder.critic_hidden", "[32,32]",
         "--model.encoder.minibatch_size", "64", "--model.encoder.epochs", "2",
         *overrides,
-        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = tmp_path.glob("runs/gorl/version_*/metrics.csv")

@@ -24,7 +24,7 @@ from gorl.errors import NonFiniteError
 from gorl.networks import RunningNorm
 from gorl.optimization import FiniteGuard
 from gorl.evaluation import episode_returns
-from tests.conftest import CONF, ROOT, run_gorl
+from tests.conftest import CONF, ROOT
 
 
 # --- a checkpoint from a GPU, on a CPU-only machine ------------------------------------------------
@@ -46,18 +46,19 @@ def cuda_tagged_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="shows what a CPU-only machine does with a GPU checkpoint")
-def test_a_checkpoint_written_on_a_gpu_loads_on_a_cpu_only_machine(cuda_tagged_checkpoint, tmp_path):
+def test_a_checkpoint_written_on_a_gpu_loads_on_a_cpu_only_machine(cuda_tagged_checkpoint, gorl_in_process):
     cpu_path, gpu_path = cuda_tagged_checkpoint
     with pytest.raises(RuntimeError, match="CUDA"):  # the file really carries CUDA storages
         torch.load(gpu_path, weights_only=True)
     # the policy API
     obs = torch.randn(16, gorl.load_policy(cpu_path).obs_dim)
     assert torch.equal(gorl.load_policy(gpu_path).act(obs), gorl.load_policy(cpu_path).act(obs))
-    # the CLI: validate and resume (a longer plan, so the resumed run trains a further stage)
-    res = run_gorl("validate", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(gpu_path), cwd=tmp_path)
+    # the CLI: validate and resume (a longer plan, so the resumed run trains a further stage), in this
+    # process: the loading is the question here, not the command line
+    res = gorl_in_process("validate", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(gpu_path))
     assert res.returncode == 0 and "eval/return" in res.stdout, res.stderr[-2000:]
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(gpu_path),
-                   "--model.loop.stages", "[512, 256, 256, 128]", "--curves", "false", cwd=tmp_path)
+    res = gorl_in_process("fit", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(gpu_path),
+                          "--model.loop.stages", "[512, 256, 256, 128]", "--curves", "false")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "finished stage 3" in res.stdout + res.stderr
 

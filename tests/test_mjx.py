@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from tests.conftest import CONF, run_gorl
+from tests.conftest import CONF
 
 if os.environ.get("GORL_REQUIRE_MJX") != "1":
     pytest.importorskip("mujoco_playground", reason="the mjx extra is not installed (pip install -e '.[mjx]')")
@@ -162,15 +162,14 @@ def test_return_is_on_dm_controls_scale_under_the_same_constant_action(env):
     assert abs(mjx.mean() - dmc.mean()) <= 0.25 * steps, (mjx, dmc)
 
 
-def test_fit_through_both_phases_on_the_mjx_backend(tmp_path):
-    res = run_gorl(
+def test_fit_through_both_phases_on_the_mjx_backend(tmp_path, gorl_in_process):
+    res = gorl_in_process(  # in this process: about the backend in the loop, not the command line
         "fit", "--config", str(CONF / "smoke.yaml"),
         "--model.env.backend", "mjx", "--model.env.task", "cheetah-run",
         "--model.env.num_envs", "4", "--model.env.eval_envs", "4",
         "--model.loop.stages", "[64, 32]", "--model.loop.eval_every", "32", "--model.loop.eval_max_steps", "4",
         "--model.refinement.transitions", "64", "--model.refinement.batch_size", "32",
         "--model.refinement.collect_envs", "4", "--model.refinement.max_episode_steps", "16",
-        cwd=tmp_path, timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = tmp_path.glob("runs/gorl/version_*/metrics.csv")

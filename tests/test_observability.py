@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, run_gorl
+from tests.conftest import CONF, copy_runs, run_gorl
 
 SMOKE = str(CONF / "smoke.yaml")
 # The same names whichever logger writes them.
@@ -119,11 +119,13 @@ def test_progress_bar_counts_frames_and_names_stage_and_phase(tb_run):
     assert "frames [" not in res.stdout  # the bar is on stderr
 
 
-def test_validate_reports_mean_and_std_of_deterministic_episodes(tb_run):
-    cwd, _ = tb_run
-    (ckpt,) = cwd.glob("runs/gorl/version_0/checkpoints/last.ckpt")
-    res = _gorl("validate", "--config", SMOKE, "--ckpt_path", str(ckpt), "--model.env.eval_envs", "4", "--verbose", "false",
-                "--trainer.logger", str(CONF / "logger" / "csv.yaml"), cwd=cwd)
+def test_validate_reports_mean_and_std_of_deterministic_episodes(tb_run, tmp_path, gorl_in_process):
+    # In this process, beside a copy of the run (test_validate_with_video_writes_an_mp4 runs
+    # `gorl validate` as the user types it).
+    ckpt = copy_runs(tb_run[0], tmp_path)
+    cwd = tmp_path
+    res = gorl_in_process("validate", "--config", SMOKE, "--ckpt_path", str(ckpt), "--model.env.eval_envs", "4", "--verbose", "false",
+                          "--trainer.logger", str(CONF / "logger" / "csv.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     line = r"eval/return \S+ ± \S+ over 4 deterministic episodes \(stage 2, 1,024 env frames, toy-bandit\)\n"
     assert re.fullmatch(line, res.stdout), res.stdout

@@ -10,7 +10,7 @@ from tensordict import TensorDict
 
 from gorl.encoders import LatentSAC
 from gorl.encoders.sac import actor_loss, critic_loss, polyak_, soft_target, temperature_loss
-from tests.conftest import CONF, run_gorl
+from tests.conftest import CONF
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -306,14 +306,14 @@ def test_sac_learns_through_a_decoder_and_the_prior_pulls_it_out_of_saturation()
 
 
 # --- the whole loop --------------------------------------------------------------------------------
-def test_gorl_fit_two_stages_with_sac(tmp_path, monkeypatch, gorl_in_process):
-    # Hundreds of tiny updates: one thread each, or oversubscribed cores slow them down 10x+.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def test_gorl_fit_two_stages_with_sac(tmp_path, gorl_in_process):
+    # In this process (about the encoder, not the command line), where torch runs on one thread
+    # (tests/conftest.py): hundreds of tiny updates on oversubscribed cores slow down 10x+.
     small = {"actor_hidden": [16, 16], "critic_hidden": [32, 32], "batch_size": 32, "learning_starts": 64}
     encoder = {"class_path": "gorl.encoders.LatentSAC", "init_args": small}
-    res = run_gorl(
+    res = gorl_in_process(
         "fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder", json.dumps(encoder),
-        "--model.loop.stages", "[256,128]", cwd=tmp_path,
+        "--model.loop.stages", "[256,128]",
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, res.stderr[-3000:]
@@ -326,7 +326,7 @@ def test_gorl_fit_two_stages_with_sac(tmp_path, monkeypatch, gorl_in_process):
     replay = torch.load(ckpt, weights_only=True)["gorl_loop"]["encoder"]["replay"]
     n = replay["observation"].shape[0]
     assert n > 0 and replay["next"]["reward"].shape == (n,)
-    res = gorl_in_process(  # in this process: the replay buffer still comes back from the checkpoint file
+    res = gorl_in_process(  # the replay buffer comes back from the checkpoint file
         "fit", "--config", str(CONF / "smoke.yaml"), "--model.encoder", json.dumps(encoder),
         "--model.loop.stages", "[256,128,128]", "--ckpt_path", str(ckpt),  # a further stage: a finished plan is refused
     )
