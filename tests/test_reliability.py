@@ -3,6 +3,7 @@ clear one-line failures, the last good checkpoint kept, and reproducible seeding
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,24 +111,36 @@ def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, plan_reference, go
     assert len(load_metrics(tmp_path / "runs/gorl")["step"]) == len(joined)  # the folder: each part once
 
 
-def test_a_run_killed_between_frame_checkpoints_resumes_from_the_time_based_one(tmp_path):
-    # Frame checkpoints far apart and no phase change before the kill (a long stage 0: 16 iterations,
-    # killed after 9): only the clock can have written last.ckpt (every 0.001 min = 60 ms). The
-    # refinement's size plays no part here: a small one.
-    long_stage = [*PLAN, "--model.loop.stages", "[2048, 1024]", "--checkpoint.every_frames", "1e9", "--model.refinement.transitions", "1024"]
-    plan = [*long_stage, "--checkpoint.every_minutes", "0.001"]
-    _kill_when("[gorl] stage 0 | frames 1,152", tmp_path, plan)
+# Frame checkpoints far apart and no phase change before the kill (a long stage 0: 16 iterations of
+# 128 frames, killed after 11), metrics rows flushed every iteration (metrics_every_seconds 0,
+# instead of 30 s): no checkpoint is written before the kill. The refinement's size plays no part: a small one.
+NO_CHECKPOINT = [*PLAN, "--model.loop.stages", "[2048, 1024]", "--checkpoint.every_frames", "1e9", "--model.refinement.transitions", "1024",
+                 "--checkpoint.every_minutes", "null", "--checkpoint.metrics_every_seconds", "0"]
+KILL_AT = "[gorl] stage 0 | frames 1,408"
+
+
+@pytest.fixture(scope="module")
+def killed_before_a_checkpoint(tmp_path_factory) -> Path:
+    """A ``gorl fit`` of NO_CHECKPOINT SIGKILLed at KILL_AT, read by several tests (a test that adds
+    runs beside it works on a copy)."""
+    cwd = tmp_path_factory.mktemp("killed")
+    _kill_when(KILL_AT, cwd, NO_CHECKPOINT)
+    return cwd
+
+
+def test_a_run_killed_between_frame_checkpoints_resumes_from_the_time_based_one(tmp_path, killed_before_a_checkpoint):
+    # The same plan with a checkpoint every 0.001 min (60 ms): only the clock can have written last.ckpt.
+    plan = [*NO_CHECKPOINT, "--checkpoint.every_minutes", "0.001"]
+    _kill_when(KILL_AT, tmp_path, plan)
     (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
     saved = torch.load(ckpt, weights_only=True)["gorl_loop"]["state"]
-    assert saved["stage"] == 0 and saved["phase"] == "encoder" and 0 < saved["frames"] <= 1152
+    assert saved["stage"] == 0 and saved["phase"] == "encoder" and 0 < saved["frames"] <= 1408
     res = run_gorl("fit", *plan, "--ckpt_path", "last", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from runs/gorl/version_0/checkpoints/last.ckpt" in res.stderr and "finished stage 1" in res.stdout + res.stderr
-    without = [*long_stage, "--checkpoint.every_minutes", "null"]
-    other = tmp_path / "without"
-    other.mkdir()
-    _kill_when("[gorl] stage 0 | frames 1,152", other, without)
-    assert not list(other.glob("runs/gorl/version_0/checkpoints/last.ckpt"))  # the clock is what saved the run
+    # Without the clock, killed at the same point: no checkpoint. The clock is what saved the run.
+    assert list(killed_before_a_checkpoint.glob("runs/gorl/version_0/metrics.csv"))
+    assert not list(killed_before_a_checkpoint.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
 
 
 def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path, smoke_run, gorl_in_process):
@@ -199,18 +212,18 @@ def test_a_second_ctrl_c_exits_at_once():
     assert "SIGINT again: exiting now" in res.stderr
 
 
-def test_metrics_rows_survive_a_kill(tmp_path):
-    # Flushed every iteration here (metrics_every_seconds 0, instead of 30 s), and no checkpoint
-    # (which flushes too) before the kill: the rows on disk are the periodic flush's.
-    _kill_when("[gorl] stage 0 | frames 1,408", tmp_path, [*LONG, "--checkpoint.metrics_every_seconds", "0"])
-    assert not list(tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
-    rows = list(csv.DictReader(next(tmp_path.glob("runs/gorl/version_0/metrics.csv")).open()))
+def test_metrics_rows_survive_a_kill(killed_before_a_checkpoint):
+    # Flushed every iteration (metrics_every_seconds 0, instead of 30 s), and no checkpoint (which
+    # flushes too) before the kill: the rows on disk are the periodic flush's.
+    killed = killed_before_a_checkpoint
+    assert not list(killed.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+    rows = list(csv.DictReader(next(killed.glob("runs/gorl/version_0/metrics.csv")).open()))
     frames = [float(r["loop/frames"]) for r in rows if r.get("loop/frames")]
     # 128 frames per iteration: every iteration before the one that printed the marker is there.
     assert frames and max(frames) >= 1280 and any(r.get("eval/return") for r in rows)
 
 
-def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path, smoke_run, gorl_in_process):
+def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path, smoke_run, killed_before_a_checkpoint, gorl_in_process):
     # The finished smoke run (a copy), and one refusal as the user types it; the rest in this process.
     smoke = ["--config", str(CONF / "smoke.yaml"), "--curves", "false"]
     copy_runs(smoke_run, tmp_path)
@@ -223,10 +236,11 @@ def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path, smoke_ru
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and "is the end of a finished run (stage 2 of a 3-stage plan, 1,024 env frames)" in last
     assert sorted(p.name for p in (tmp_path / "runs" / "gorl").iterdir()) == ["version_0"]
-    # Another config's run killed before its first checkpoint: `last` names it, with the frames it
-    # reached, rather than resuming the finished run of another config above.
-    plan = [*LONG, "--checkpoint.metrics_every_seconds", "0"]
-    _kill_when("[gorl] stage 0 | frames 1,408", tmp_path, plan)
+    # Another config's run killed before its first checkpoint, newer (copied now, its files dated now)
+    # as version_1: `last` names it, with the frames it reached, rather than resuming the finished run
+    # of another config above.
+    plan = NO_CHECKPOINT
+    shutil.copytree(killed_before_a_checkpoint / "runs/gorl/version_0", tmp_path / "runs/gorl/version_1", copy_function=shutil.copy)
     res = gorl_in_process("fit", *plan, "--ckpt_path", "last")
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and last.startswith("gorl: error:") and "version_1, stopped before writing a checkpoint (it reached" in last
