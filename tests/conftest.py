@@ -124,3 +124,19 @@ def copy_runs(run_cwd: Path, to: Path) -> Path:
     """``run_cwd``'s ``runs/`` copied into ``to``; returns the copy of version_0's last checkpoint."""
     shutil.copytree(run_cwd / "runs", to / "runs", dirs_exist_ok=True)
     return next(to.glob("runs/gorl/version_0/checkpoints/last.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Callable:
+    """``trained(stop_stage, sac)``: (system, checkpoint) of one in-process training per setting
+    (:func:`tests.test_inference._trained`), shared by the session's tests, which only read them."""
+    from tests.test_inference import _trained
+
+    done: dict = {}
+
+    def get(stop_stage: int | None, sac: bool = False):
+        if (stop_stage, sac) not in done:
+            done[stop_stage, sac] = _trained(tmp_path_factory.mktemp("trained"), stop_stage, sac)
+        return done[stop_stage, sac]
+
+    return get

@@ -29,12 +29,11 @@ from tests.conftest import CONF, ROOT
 
 # --- a checkpoint from a GPU, on a CPU-only machine ------------------------------------------------
 @pytest.fixture(scope="module")
-def cuda_tagged_checkpoint(tmp_path_factory):
-    """A real checkpoint re-saved as a GPU run writes it: every storage tagged ``cuda:0``."""
-    from tests.test_inference import _trained
-
+def cuda_tagged_checkpoint(tmp_path_factory, trained):
+    """A real checkpoint (the smoke plan's end, shared with tests/test_inference.py) re-saved as a GPU
+    run writes it: every storage tagged ``cuda:0``."""
     tmp = tmp_path_factory.mktemp("cuda_ckpt")
-    _, path = _trained(tmp, None)
+    _, path = trained(None)
     state = torch.load(path, map_location="cpu", weights_only=True)
     original = torch.serialization.location_tag
     torch.serialization.location_tag = lambda storage: "cuda:0"

@@ -21,22 +21,9 @@ from tests.conftest import run_gorl
 from tests.test_loop import smoke_system
 
 
-_TRAINED: dict = {}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """``trained(stop_stage, sac)``: one training per setting in this module, shared by its tests."""
-    def get(stop_stage: int | None, sac: bool = False):
-        key = (stop_stage, sac)
-        if key not in _TRAINED:
-            _TRAINED[key] = _trained(tmp_path_factory.mktemp("trained"), stop_stage, sac)
-        return _TRAINED[key]
-    yield get
-    _TRAINED.clear()
-
-
 def _trained(tmp_path, stop_stage: int | None, sac: bool = False):
+    """(system, checkpoint) of the smoke plan trained in this process up to ``stop_stage`` (None: to
+    its end), with the SAC encoder if ``sac``; tests get it through tests/conftest.py's ``trained``."""
     system = smoke_system()
     if sac:
         system = type(system)(env=system.env_cfg, encoder=partial(LatentSAC, actor_hidden=[16, 16], critic_hidden=[32, 32], batch_size=32,
