@@ -145,7 +145,11 @@ def test_study_presets_resolve_and_run_a_few_iterations(tmp_path, capsys):
            "--budget", "12288", "--eval-every", "1e9", "--jobs", "1", "--out", str(tmp_path), "--archive", str(tmp_path / "archive"),
            "--override", "--model.env.eval_envs", "2", "--model.loop.eval_max_steps", "20", "--model.refinement.steps", "4",
            "--model.encoder.epochs", "1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # One torch thread, as `gorl bench --jobs N>1` gives each run: with --jobs 1 the run gets a
+    # thread per core, and on cores shared with other work its updates slowed down many times over
+    # (the update threads wait for each other); what this test runs is the preset, not the threading.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     log = (tmp_path / "gorl-diffusion-cleanrl_cheetah-run" / "seed0" / "gorl.log").read_text()
     assert log.count("starts at eval return") == 2 and "| stage | initial | best | final |" in log
