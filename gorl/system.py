@@ -331,7 +331,7 @@ class GoRLSystem(pl.LightningModule):
         return self.trainer.strategy.reduce(value, reduce_op="mean")
 
     def evaluate_returns(self) -> tuple[float, float]:
-        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps)
+        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps, self.loop_cfg.eval_deterministic)
         mean = float(self.trainer.strategy.reduce(returns.mean().to(self.device), reduce_op="mean"))
         return mean, float(returns.std()) if returns.numel() > 1 else 0.0
 
@@ -472,13 +472,13 @@ class GoRLSystem(pl.LightningModule):
         return DataLoader(range(1), batch_size=None)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps).to(self.device)
+        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps, self.loop_cfg.eval_deterministic).to(self.device)
         returns = self.all_gather(returns).reshape(-1)  # every rank's episodes
         mean = float(returns.mean())
         std = float(returns.std()) if returns.numel() > 1 else 0.0
         self.log_dict({"eval/return": mean, "eval/return_std": std, "eval/episodes": float(returns.numel())}, sync_dist=True, batch_size=1)
         st = self.loop_state
         self.print(
-            f"eval/return {mean:.4g} ± {std:.3g} over {returns.numel()} deterministic episodes "
+            f"eval/return {mean:.4g} ± {std:.3g} over {returns.numel()} {'deterministic' if self.loop_cfg.eval_deterministic else 'stochastic'} episodes "
             f"(stage {st.stage}, {st.frames:,} env frames, {self.env_cfg.task if self.env_cfg.factory is None else self.env_cfg.factory})"
         )

@@ -218,3 +218,17 @@ def test_mjx_evaluation_loop_gives_torchrl_rollouts_returns(env):
     reference = first_episode_returns(td["next", "reward"], td["next", "done"])
     torch.testing.assert_close(fast, reference)
     assert fast.abs().sum() > 0
+
+
+def test_mjx_evaluation_loop_samples_latents_only_when_asked(env):
+    """The MJX backend's own evaluation loop honours ``deterministic`` as TorchRL's rollout does."""
+    from gorl.evaluation import evaluate
+    from tests.test_envs import _mean_or_sampled_latent_policy
+
+    policy = _mean_or_sampled_latent_policy(6)
+    runs = {}
+    for deterministic in (True, True, False):
+        env.set_seed(11)
+        runs.setdefault(deterministic, []).append(evaluate(env, policy, max_steps=20, deterministic=deterministic))
+    torch.testing.assert_close(runs[True][0], runs[True][1])
+    assert not torch.allclose(runs[False][0], runs[True][0])

@@ -73,6 +73,9 @@ class ConditionalMLP(torch.nn.Module):
     (``lecun``: their ``mlp_init``, LeCun-uniform weights and zero biases; the first layer's fan-in
     is the whole ``[obs, x, time]`` input, as their single first layer's), then the last layer
     zeroed (their ``zero_final_layer = True``), so an untrained decoder is exactly the identity.
+    ``zero_last=False`` leaves the last layer as ``init`` drew it (their humanoid recipes'
+    ``zero_final_layer = false``): an untrained decoder is then the identity plus a small random
+    field.
 
     Written for a K-step sampler that runs once per env step: the first layer is split by input
     block, so the observation's part (:meth:`condition`) is computed once per ``decode`` and the
@@ -83,7 +86,7 @@ class ConditionalMLP(torch.nn.Module):
     """
 
     def __init__(self, obs_dim: int, x_dim: int, hidden: tuple[int, ...] | list[int], time_dim: int = 8, output_scale: float = 1.0,
-                 init: str = "lecun") -> None:
+                 init: str = "lecun", zero_last: bool = True) -> None:
         super().__init__()
         from gorl.networks import SinusoidalEmbedding, init_linear_, mlp
 
@@ -92,7 +95,7 @@ class ConditionalMLP(torch.nn.Module):
         self.obs_dim, self.x_dim = obs_dim, x_dim
         self.embed = SinusoidalEmbedding(time_dim)
         self.inp = init_linear_(torch.nn.Linear(obs_dim + x_dim + time_dim, hidden[0]), init)
-        self.body = mlp(hidden[0], list(hidden[1:]), x_dim, zero_last=True, init=init)
+        self.body = mlp(hidden[0], list(hidden[1:]), x_dim, zero_last=zero_last, init=init)
         self.output_scale = output_scale
 
     def condition(self, obs: torch.Tensor) -> torch.Tensor:
