@@ -413,8 +413,9 @@ class StageCycle:
         if rc.min_data_return is not None and not data_return >= rc.min_data_return:
             raise DataQualityError(
                 f"stage {self.state.stage}'s refit data has mean episode return {data_return:.1f}, below "
-                f"refinement.min_data_return {rc.min_data_return:g}: the run stops before fitting (last.ckpt holds the "
-                f"stage; resume it with --ckpt_path and another gate to go on)")
+                f"refinement.min_data_return {rc.min_data_return:g}: the run stops before fitting. The run's "
+                f"checkpoints/last.ckpt holds the finished stage: pass it to --ckpt_path with a lower (or null) "
+                f"refinement.min_data_return to go on")
 
     def start_fit(self, data: TensorDict) -> DecoderFit:
         """Split ``data`` and start the trainee from a fresh decoder (or, with ``warm_start``, the

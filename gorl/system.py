@@ -281,7 +281,8 @@ class GoRLSystem(pl.LightningModule):
             f"final eval/return {last:.1f}"
         )
         if st.history:
-            rank_zero_info(f"[gorl] per stage ({self.env_cfg.eval_envs} deterministic eval episodes per evaluation):\n"
+            rank_zero_info(f"[gorl] per stage ({self.env_cfg.eval_envs} {'deterministic' if self.loop_cfg.eval_deterministic else 'stochastic'} "
+                           "eval episodes per evaluation):\n"
                            + summary_table(st.history))
 
     # --- one iteration ---------------------------------------------------------------------------
