@@ -222,9 +222,10 @@ class RefinementConfig:
 
 
 def decoder_pairs(rollout: TensorDictBase, keep_latent: bool = False) -> TensorDict:
-    """The view of a rollout a decoder is trained on: observation and pre-tanh action.
+    """The view of a rollout a decoder is trained on: observation and pre-tanh action (the
+    decoder's output; under ``action_semantics: bounded`` the unclipped action).
 
-    The rollout's ``latent`` is carried over only with ``keep_latent`` (the pairwise term).
+    The latent the decoder was given is carried over only with ``keep_latent`` (the pairwise term).
     """
     flat = rollout.reshape(-1)
     entries = {
@@ -234,8 +235,13 @@ def decoder_pairs(rollout: TensorDictBase, keep_latent: bool = False) -> TensorD
         "reward": flat["next", "reward"].reshape(-1),
     }
     if keep_latent:
-        entries["latent"] = flat["latent"]
+        entries["latent"] = _decoded_latent(flat)
     return TensorDict(entries, batch_size=flat.shape)
+
+
+def _decoded_latent(rollout: TensorDictBase) -> torch.Tensor:
+    """The latent the decoder was given: ``squashed_latent`` under bounded action semantics."""
+    return rollout["squashed_latent"] if "squashed_latent" in rollout.keys() else rollout["latent"]
 
 
 def collect(batches: Iterator[TensorDictBase], frames: int, episodes: int | None = None, keep_latent: bool = False) -> tuple[TensorDict, int]:
@@ -289,7 +295,7 @@ def collect_from_reset(env: EnvBase, policy: TensorDictModuleBase, max_steps: in
             "reward": rollout["next", "reward"].reshape(rollout.shape)[valid],
         }
         if keep_latent:
-            entries["latent"] = rollout["latent"][valid]
+            entries["latent"] = _decoded_latent(rollout)[valid]
         parts.append(TensorDict(entries, batch_size=[int(valid.sum())], device=device))
         kept_episodes += keep
         kept_frames += int(valid.sum())

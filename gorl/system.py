@@ -40,7 +40,7 @@ from gorl.errors import CheckpointError, ConfigError, EnvWorkerError
 from gorl.evaluation import episode_returns, evaluate
 from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig
-from gorl.networks import ActionSquash, RunningNorm
+from gorl.networks import ActionSemantics, ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig
@@ -114,6 +114,14 @@ class GoRLSystem(pl.LightningModule):
         seed: base seed; env copy ``i`` of rank ``r`` gets ``seed + 10_000 r + i`` (linked to the
             CLI's ``seed_everything``).
         speed: GPU speed settings that change no maths (:class:`~gorl.acceleration.SpeedConfig`).
+        action_semantics: how latents and decoded actions are bounded. ``squashed`` (default, the
+            authors' dm_control pipeline): a Gaussian latent, and ``tanh`` after the decoder, whose
+            targets are pre-tanh actions. ``bounded`` (their humanoid profile,
+            ``action_semantics = "bounded"`` with ``bounded_latent = true``): a tanh-normal latent in
+            (-1, 1) (:attr:`~gorl.encoders.LatentEncoder.bounded_latent`), and the decoded action
+            clipped to the box, not squashed, so the decoder's targets are env actions (set
+            ``refinement.target_clip: 1.0``, their ``target_clip``). Stage 0 is then Brax's
+            ``tanh_normal`` Gaussian policy: ``clip(tanh(u)) = tanh(u)``.
     """
 
     def __init__(
@@ -125,6 +133,7 @@ class GoRLSystem(pl.LightningModule):
         refinement: RefinementConfig | None = None,
         seed: int = 0,
         speed: SpeedConfig | None = None,
+        action_semantics: ActionSemantics = "squashed",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -145,7 +154,14 @@ class GoRLSystem(pl.LightningModule):
         if self.encoder.latent_dim != act_dim and len(self.loop_cfg.stages) >= 1:
             # Stage 0 decodes with the identity, which needs latent size == action size.
             raise ConfigError(f"encoder latent_dim ({self.encoder.latent_dim}) must equal the action dim ({act_dim}) for stage 0")
-        self.squash = ActionSquash(low, high)
+        if action_semantics not in ("squashed", "bounded"):
+            raise ConfigError(f"model.action_semantics must be squashed or bounded, got {action_semantics!r}")
+        if action_semantics == "bounded" and not self.encoder.supports_bounded_latent:
+            raise ConfigError(f"model.action_semantics: bounded needs a latent policy that can be tanh-bounded "
+                              f"(the PPO encoder); {type(self.encoder).__name__} cannot")
+        self.action_semantics = action_semantics
+        self.encoder.bounded_latent = action_semantics == "bounded"
+        self.squash = ActionSquash(low, high, action_semantics)
         self._ep_return: torch.Tensor | None = None
         self._finished = {"sum": None, "count": None}  # training episodes ended since the last row
         self._guard: FiniteGuard | None = None

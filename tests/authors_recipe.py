@@ -156,6 +156,7 @@ HUMANOID_EPISODES = {  # (teacher_episodes, episodes of the later refits)
 }
 HUMANOID_TEACHER_MIN_RETURN = {"HumanoidStand": 60.0, "HumanoidRun": 15.0}  # teacher_dataset_min_return_mean
 HUMANOID_TEACHER_DATA = "final"  # pipeline.py: the teacher's data come from its final state (decoder_data_selection)
+HUMANOID_TARGET_CLIP = 1.0  # [profile_overrides.humanoid.decoder] target = "action_bounded", target_clip (fm:112-113)
 HUMANOID_EVAL_DETERMINISTIC = False  # [profile_overrides.humanoid.evaluation] deterministic (fm:122-123, diff:121-122)
 
 

@@ -286,3 +286,33 @@ def test_reward_norm_divides_by_the_running_std_of_the_discounted_return():
     enc._normalize_reward(torch.ones(2, 1, 1), torch.zeros(2, 1, 1, dtype=torch.bool))
     assert torch.allclose(enc._running_return.reshape(-1), torch.tensor([1.5, 1.875]))
     assert enc.hparams.reward_norm and not _encoder().hparams.reward_norm
+
+
+def test_tanh_entropy_adds_the_tanh_log_det_jacobian_at_a_policy_sample():
+    """Brax's tanh_normal entropy: the Gaussian's plus ``sum log(1 - tanh(u)^2)`` at ``u ~ pi``.
+    With the policy's scale pinned near 0 the sample is ``loc``, so the bonus is known exactly."""
+    torch.manual_seed(0)
+    plain, tanh = _encoder(), _encoder(tanh_entropy=True)
+    tanh.load_state_dict(plain.state_dict())
+    batch = _fixed_rollout(plain).reshape(-1)[:32].clone()
+    batch["advantage"], batch["value_target"] = torch.ones(32, 1), torch.zeros(32, 1)
+    loc = torch.linspace(-2, 2, 64).reshape(32, 2)
+    for enc in (plain, tanh):
+        enc.actor_net.forward = lambda obs: (loc, torch.full_like(loc, 1e-6))
+    gap = tanh.ppo_loss(batch, 0.2)[0]["entropy"] - plain.ppo_loss(batch, 0.2)[0]["entropy"]
+    torch.testing.assert_close(gap, torch.log(1 - torch.tanh(loc) ** 2).sum(-1).mean(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="tanh_entropy needs loss_impl: fused"):
+        _encoder(tanh_entropy=True, loss_impl="torchrl")
+
+
+def test_a_bounded_latent_is_decoded_as_tanh_of_the_gaussian_sample_it_is_scored_on():
+    enc = _encoder()
+    enc.bounded_latent = True
+    obs = torch.randn(16, 3)
+    for deterministic in (True, False):
+        out = enc.act(obs, deterministic)
+        loc, scale = enc.actor_net(obs)
+        torch.testing.assert_close(out["squashed_latent"], torch.tanh(out["latent"]))
+        torch.testing.assert_close(out["latent_log_prob"], torch.distributions.Normal(loc, scale).log_prob(out["latent"]).sum(-1))
+        if deterministic:
+            torch.testing.assert_close(out["squashed_latent"], torch.tanh(loc))  # Brax's mode of tanh_normal

@@ -27,17 +27,22 @@ _TRAINED: dict = {}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``trained(stop_stage, sac)``: one training per setting in this module, shared by its tests."""
-    def get(stop_stage: int | None, sac: bool = False):
-        key = (stop_stage, sac)
+    def get(stop_stage: int | None, sac: bool = False, bounded: bool = False):
+        key = (stop_stage, sac, bounded)
         if key not in _TRAINED:
-            _TRAINED[key] = _trained(tmp_path_factory.mktemp("trained"), stop_stage, sac)
+            _TRAINED[key] = _trained(tmp_path_factory.mktemp("trained"), stop_stage, sac, bounded)
         return _TRAINED[key]
     yield get
     _TRAINED.clear()
 
 
-def _trained(tmp_path, stop_stage: int | None, sac: bool = False):
+def _trained(tmp_path, stop_stage: int | None, sac: bool = False, bounded: bool = False):
     system = smoke_system()
+    if bounded:  # the authors' humanoid action semantics: tanh-normal latent, clipped decoder output
+        system = type(system)(env=system.env_cfg, encoder=partial(system.encoder.__class__, actor_hidden=[16, 16], critic_hidden=[32, 32],
+                                                                  unroll=8, epochs=2, minibatch_size=64, tanh_entropy=True),
+                              decoder=system._make_decoder, loop=system.loop_cfg,
+                              refinement=replace(system.refine_cfg, target_clip=1.0), seed=0, action_semantics="bounded")
     if sac:
         system = type(system)(env=system.env_cfg, encoder=partial(LatentSAC, actor_hidden=[16, 16], critic_hidden=[32, 32], batch_size=32,
                                                                   buffer_size=4096, learning_starts=64),
@@ -66,9 +71,10 @@ def _framework_actions(system, obs: torch.Tensor, deterministic: bool, seed: int
         return system.policy(td)["action"]
 
 
-@pytest.mark.parametrize("stop_stage,sac", [(0, False), (None, False), (None, True)], ids=["ppo-stage0", "ppo-refitted", "sac-refitted"])
-def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, trained, stop_stage, sac):
-    system, path = trained(stop_stage, sac)
+@pytest.mark.parametrize("stop_stage,sac,bounded", [(0, False, False), (None, False, False), (None, True, False), (None, False, True)],
+                         ids=["ppo-stage0", "ppo-refitted", "sac-refitted", "bounded-ppo-refitted"])
+def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, trained, stop_stage, sac, bounded):
+    system, path = trained(stop_stage, sac, bounded)
     expected_stage = system.loop_state.stage
     assert (expected_stage == 0) == (stop_stage == 0)
     policy = gorl.load_policy(path)
@@ -91,6 +97,13 @@ def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, trained, st
     assert torch.allclose(exported(obs, torch.zeros(64, system.act_dim)), want, atol=1e-6)
     assert torch.allclose(exported(obs, noise), want_stochastic, atol=1e-6)
     assert torch.allclose(exported(obs[:5], torch.zeros(5, system.act_dim)), want[:5], atol=1e-6)  # any batch size
+    if bounded:  # the chain itself: decoded from tanh(latent), clipped (not squashed) to the box
+        td = TensorDict({"observation": obs}, batch_size=[len(obs)])
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+            out = system.policy(td)
+        torch.testing.assert_close(out["squashed_latent"], torch.tanh(out["latent"]))
+        torch.testing.assert_close(out["pre_tanh"], system.acting_decoder().decode(obs, out["squashed_latent"]))
+        torch.testing.assert_close(out["action"], out["pre_tanh"].clamp(-1, 1))  # toy-bandit's box is [-1, 1]
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):

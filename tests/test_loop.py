@@ -236,3 +236,16 @@ def test_evaluations_per_stage_are_counted_and_placed_as_the_authors():
     assert _eval_points("authors") == [(0, 0), (0, 1), (0, 5), (0, 10), (1, 0), (1, 1), (1, 3), (1, 5)]
     # Ours before, still reachable: no stage-0 evaluation before an update, none after update 1 of later stages.
     assert _eval_points("even") == [(0, 1), (0, 4), (0, 7), (0, 10), (1, 0), (1, 2), (1, 4), (1, 5)]
+
+
+def test_bounded_action_semantics_need_a_latent_policy_that_can_be_bounded():
+    from gorl.encoders import LatentSAC
+    from gorl.errors import ConfigError
+
+    env = EnvConfig(task="toy-bandit", num_envs=2, eval_envs=2)
+    with pytest.raises(ConfigError, match="action_semantics: bounded needs a latent policy that can be tanh-bounded"):
+        GoRLSystem(env=env, encoder=partial(LatentSAC, actor_hidden=[8], critic_hidden=[8]), action_semantics="bounded")
+    with pytest.raises(ConfigError, match="must be squashed or bounded, got 'clamped'"):
+        GoRLSystem(env=env, action_semantics="clamped")
+    system = GoRLSystem(env=env, encoder=partial(EncoderModule, actor_hidden=[8], critic_hidden=[8]), action_semantics="bounded")
+    assert system.encoder.bounded_latent and system.squash.bounded

@@ -20,6 +20,7 @@ from tests.authors_recipe import (
     HUMANOID_EVAL_DETERMINISTIC,
     HUMANOID_STAGE_STEPS,
     HUMANOID_TASKS,
+    HUMANOID_TARGET_CLIP,
     HUMANOID_TEACHER_DATA,
     HUMANOID_TEACHER_MIN_RETURN,
     HUMANOID_TEACHER_ACTUAL_STEPS,
@@ -146,6 +147,10 @@ def test_humanoid_recipe_matches_the_authors_per_stage_and_per_refit(task, metho
     assert enc["obs_stats"] == "pre_update" and enc["obs_stats_accumulation"] == "cumulative"  # Brax's normaliser
     assert enc["gamma"] == 0.995 and enc["lmbda"] == 0.95 and enc["reward_scale"] == 10.0 and enc["entropy_coef"] == 0.01
     assert cfg["loop"]["eval_deterministic"] is HUMANOID_EVAL_DETERMINISTIC
+    # bounded action semantics (their action_semantics = "bounded", bounded_latent = true): a tanh-normal
+    # latent with Brax's entropy, env-action targets clipped to their target_clip, no tanh after the decoder
+    assert cfg["action_semantics"] == "bounded" and enc["tanh_entropy"] is True
+    assert cfg["refinement"]["target_clip"] == HUMANOID_TARGET_CLIP
     assert cfg["env"]["eval_envs"] == EVALUATION["episodes"] and cfg["loop"]["evals_per_stage"] == EVALUATION["num_evals"]
 
     ours_type = "diffusion" if dec["class_path"] == "gorl.decoders.DiffusionDecoder" else "fm"

@@ -43,6 +43,7 @@ import math
 from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
@@ -124,9 +125,14 @@ class EncoderModule(LatentEncoder):
             with the current critic; minibatches are whole unroll segments). See the module docstring.
         loss_impl: ``fused`` (default, :meth:`ppo_loss`) or ``torchrl`` (TorchRL's ``ClipPPOLoss``):
             the same loss and gradients; ``fused`` skips TorchRL's per-call overhead (module docstring).
+        tanh_entropy: add the tanh's log-det-Jacobian at a reparameterised sample to the entropy
+            bonus, as Brax's ``NormalTanhDistribution.entropy`` does for its ``tanh_normal``
+            policies (the authors' humanoid teacher and latent stages). Their dm_control profile
+            leaves it off (``tanh_entropy_correction = false``), our default. Fused loss only.
     """
 
     graph_safe_act = True  # act(): plain tensor code (gorl.acceleration)
+    supports_bounded_latent = True
 
     def __init__(
         self,
@@ -158,10 +164,13 @@ class EncoderModule(LatentEncoder):
         obs_stats_accumulation: ObsStatsAccumulation | list[ObsStatsAccumulation] = "cumulative",
         gae: GAEMode = "rollout",
         loss_impl: LossImpl = "fused",
+        tanh_entropy: bool = False,
     ) -> None:
         super().__init__()
         if loss_impl not in ("fused", "torchrl"):
             raise ConfigError(f"loss_impl must be 'fused' or 'torchrl', got {loss_impl!r}")
+        if tanh_entropy and loss_impl != "fused":
+            raise ConfigError("encoder.tanh_entropy needs loss_impl: fused (TorchRL's ClipPPOLoss has the Gaussian's entropy only)")
         if rollouts_per_update < 1:
             raise ConfigError(f"encoder.rollouts_per_update must be >= 1, got {rollouts_per_update}")
         if rollouts_per_update > 1 and reward_norm:
@@ -224,7 +233,10 @@ class EncoderModule(LatentEncoder):
         step; see :mod:`gorl.policy`). Same density as ``self.actor`` (tested)."""
         loc, scale = self.actor_net(obs)
         latent = loc if deterministic else loc + scale * torch.randn_like(loc)
-        return {"latent": latent, "latent_log_prob": gaussian_log_prob(latent, loc, scale)}
+        out = {"latent": latent, "latent_log_prob": gaussian_log_prob(latent, loc, scale)}
+        if self.bounded_latent:  # the decoder's input lies in (-1, 1); the deterministic one is tanh(loc), Brax's mode
+            out["squashed_latent"] = torch.tanh(latent)
+        return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # fused: one kernel for the whole parameter update instead of one per tensor; a PPO update
@@ -307,6 +319,9 @@ class EncoderModule(LatentEncoder):
         log_prob = gaussian_log_prob(batch["latent"], loc, scale)
         loss_objective, stats = clipped_surrogate(log_prob - batch["latent_log_prob"], advantage, clip)
         entropy = (scale.log() + _ENTROPY_PER_DIM).sum(-1).mean()
+        if self.hparams.tanh_entropy:  # + log|d tanh(u)/du| at u ~ pi, reparameterised (Brax's TanhBijector)
+            u = loc + scale * torch.randn_like(loc)
+            entropy = entropy + (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1).mean()
         loss_critic = value_loss(self.critic_net, batch, self.ppo.value_coef)
         out = {"loss_objective": loss_objective, "loss_critic": loss_critic, "loss_entropy": -entropy_coef * entropy,
                "entropy": entropy.detach(), "clip_fraction": stats["clip_fraction"], "kl_approx": stats["kl_approx"]}
