@@ -33,9 +33,10 @@ SCHEMA = {'fit': {'groups': ['checkpoint', 'distributions', 'model', 'model.env'
                     'trainer.model_registry', 'trainer.num_nodes', 'trainer.num_sanity_val_steps',
                     'trainer.overfit_batches', 'trainer.precision', 'trainer.reload_dataloaders_every_n_epochs',
                     'trainer.sync_batchnorm', 'trainer.use_distributed_sampler', 'weights_only'],
-         'open': ['data', 'lr_scheduler', 'model.decoder', 'model.encoder', 'model.env.factory_kwargs', 'optimizer',
-                  'trainer.accelerator', 'trainer.callbacks', 'trainer.logger', 'trainer.max_time', 'trainer.plugins',
-                  'trainer.profiler', 'trainer.strategy', 'trainer.val_check_interval', 'video'],
+         'open': ['data', 'lr_scheduler', 'model.decoder', 'model.encoder', 'model.env.factory_kwargs',
+                  'model.first_decoder', 'optimizer', 'trainer.accelerator', 'trainer.callbacks', 'trainer.logger',
+                  'trainer.max_time', 'trainer.plugins', 'trainer.profiler', 'trainer.strategy',
+                  'trainer.val_check_interval', 'video'],
          'scalars': {'checkpoint.every_decoder_rounds': 'int',
                      'checkpoint.every_frames': 'float',
                      'checkpoint.every_minutes': 'float',
@@ -115,9 +116,9 @@ SCHEMA = {'fit': {'groups': ['checkpoint', 'distributions', 'model', 'model.env'
                          'trainer.overfit_batches', 'trainer.precision', 'trainer.reload_dataloaders_every_n_epochs',
                          'trainer.sync_batchnorm', 'trainer.use_distributed_sampler', 'verbose', 'weights_only'],
               'open': ['data', 'lr_scheduler', 'model.decoder', 'model.encoder', 'model.env.factory_kwargs',
-                       'optimizer', 'trainer.accelerator', 'trainer.callbacks', 'trainer.logger', 'trainer.max_time',
-                       'trainer.plugins', 'trainer.profiler', 'trainer.strategy', 'trainer.val_check_interval',
-                       'video'],
+                       'model.first_decoder', 'optimizer', 'trainer.accelerator', 'trainer.callbacks', 'trainer.logger',
+                       'trainer.max_time', 'trainer.plugins', 'trainer.profiler', 'trainer.strategy',
+                       'trainer.val_check_interval', 'video'],
               'scalars': {'checkpoint.every_decoder_rounds': 'int',
                           'checkpoint.every_frames': 'float',
                           'checkpoint.every_minutes': 'float',
@@ -177,7 +178,7 @@ TASKS = ['acrobot-swingup', 'acrobot-swingup_sparse', 'ball_in_cup-catch', 'cart
  'quadruped-walk', 'reacher-easy', 'reacher-hard', 'stacker-stack_2', 'stacker-stack_4', 'swimmer-swimmer15',
  'swimmer-swimmer6', 'walker-run', 'walker-stand', 'walker-walk']
 
-CLASS_PARAMS = ['model.encoder', 'model.decoder']
+CLASS_PARAMS = ['model.encoder', 'model.decoder', 'model.first_decoder']
 
 CLASSES = {'gorl.baselines.DPPO': ['clip_epsilon', 'critic_hidden', 'epochs', 'gamma', 'hidden', 'lmbda', 'lr', 'max_grad_norm',
                          'minibatch_size', 'normalize_advantage', 'output_scale', 'reward_scale', 'sigma', 'steps',

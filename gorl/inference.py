@@ -48,9 +48,12 @@ def policy_meta(system: Any) -> dict:
                    if k not in ("obs_dim", "act_dim")}
         return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": hparams}
 
-    return {"obs_dim": int(system.obs_dim), "act_dim": int(system.act_dim), "encoder": spec(system.encoder),
+    meta = {"obs_dim": int(system.obs_dim), "act_dim": int(system.act_dim), "encoder": spec(system.encoder),
             "action_semantics": system.action_semantics,
             "decoder": spec(system.decoder), "task": system.env_cfg.task if system.env_cfg.factory is None else system.env_cfg.factory}
+    if system.first_decoder is not None:  # model.first_decoder: the decoder acting in stage 1
+        meta["first_decoder"] = spec(system.first_decoder)
+    return meta
 
 
 def _build(spec: dict, obs_dim: int, act_dim: int) -> nn.Module:
@@ -303,8 +306,9 @@ def load_policy(checkpoint: str | Path, device: str | torch.device = "cpu") -> P
     stage = int(ckpt["gorl_loop"]["state"]["stage"])
     decoder = None
     if stage > 0:
-        decoder = _build(meta["decoder"], obs_dim, act_dim)
-        decoder.load_state_dict(_sub_state(state, "decoder."))
+        which = "first_decoder" if (stage == 1 and "first_decoder" in meta) else "decoder"
+        decoder = _build(meta[which], obs_dim, act_dim)
+        decoder.load_state_dict(_sub_state(state, f"{which}."))
     from gorl.networks import ActionSquash
 
     semantics = meta.get("action_semantics", "squashed")  # older checkpoints: the only semantics there was

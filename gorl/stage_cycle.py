@@ -61,7 +61,7 @@ from torchrl.envs import EnvBase
 from gorl.decoders import DecoderModule
 from gorl.distributed import broadcast_module_
 from gorl.encoders import LatentEncoder
-from gorl.errors import CheckpointError, DataQualityError, NonFiniteError
+from gorl.errors import CheckpointError, ConfigError, DataQualityError, NonFiniteError
 from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, data_return_mean, split, top_q_episodes
 
@@ -173,6 +173,17 @@ class LoopState:
         self.best_return = float("-inf")
 
 
+# --- the decoders ------------------------------------------------------------------------------------
+@dataclass
+class DecoderSlot:
+    """One decoder type of the cycle: the copy that acts (frozen), the copy being fitted, and a
+    factory of freshly initialised ones (a fit's starting point)."""
+
+    acting: DecoderModule
+    trainee: DecoderModule
+    new: Callable[[], DecoderModule]
+
+
 # --- what the cycle needs from the module that runs it -------------------------------------------
 class StageHost(Protocol):
     """The cycle's view of the Lightning module that runs it (:class:`gorl.system.GoRLSystem`):
@@ -248,13 +259,20 @@ class StageCycle:
         loop: the stage plan and evaluation cadence.
         refinement: how each refit collects and fits.
         seed: base seed (the train/validation split of stage ``k`` draws from ``seed + k``).
+        first: another decoder type for the *first* refit only (on stage 0's data; it then acts in
+            stage 1): the authors' diffusion HumanoidStand fits an FM decoder on its teacher's data
+            and diffusion decoders after (``[method_overrides.gorl_diffusion.decoder.stage0] type =
+            "fm"``, ``configs/tasks/HumanoidStand.toml`` at bennidict23/GoRL@8a0209c). ``None``: one
+            type throughout.
     """
 
     def __init__(self, host: StageHost, encoder: LatentEncoder, decoder: DecoderModule, trainee: DecoderModule,
                  new_decoder: Callable[[], DecoderModule], policy: TensorDictModuleBase, loop: LoopConfig,
-                 refinement: RefinementConfig, seed: int) -> None:
+                 refinement: RefinementConfig, seed: int, first: DecoderSlot | None = None) -> None:
         self.host, self.encoder, self.decoder, self.trainee = host, encoder, decoder, trainee
         self.new_decoder, self.policy = new_decoder, policy
+        self.main = DecoderSlot(decoder, trainee, new_decoder)
+        self.first = first
         self.loop_cfg, self.refine_cfg, self.seed = loop, refinement, seed
         self.state = LoopState()
         self.best_encoder: dict[str, torch.Tensor] | None = None  # snapshot of the stage's best so far
@@ -355,6 +373,18 @@ class StageCycle:
         """The settings of the refit that ends ``stage`` (default: the current one)."""
         return self.refine_cfg.for_refit(self.state.stage if stage is None else stage)
 
+    def slot(self, stage: int | None = None) -> DecoderSlot:
+        """The decoder type fitted by the refit that ends ``stage`` (default: the current one), and
+        so acting in ``stage + 1``."""
+        stage = self.state.stage if stage is None else stage
+        return self.first if (stage == 0 and self.first is not None) else self.main
+
+    def acting_decoder(self, stage: int | None = None) -> DecoderModule | None:
+        """The fitted decoder acting in ``stage`` (default: the current one); ``None`` in stage 0,
+        where the host acts through the identity."""
+        stage = self.state.stage if stage is None else stage
+        return None if stage == 0 else self.slot(stage - 1).acting
+
     def decoder_iteration(self) -> None:
         """The refit's first iteration collects and prepares the data; every later one is one
         round of the fit; the round that finishes it starts the next stage."""
@@ -365,7 +395,7 @@ class StageCycle:
             rec.fit_seconds += time.perf_counter() - t0
             return
         fit, rc = self.fit, self.fit.cfg
-        metrics = fit.step(self.trainee, lambda loss: self.host.optimize("decoder", loss), reduce=self.host.reduce_mean)
+        metrics = fit.step(self.slot().trainee, lambda loss: self.host.optimize("decoder", loss), reduce=self.host.reduce_mean)
         self.host.check_finite()
         rec.fit_seconds += time.perf_counter() - t0
         self.host.record_metrics({f"decoder/{k}": v for k, v in metrics.items()})
@@ -421,17 +451,21 @@ class StageCycle:
         """Split ``data`` and start the trainee from a fresh decoder (or, with ``warm_start``, the
         acting one, whose observation statistics ``decoder_obs_stats`` may carry over), with fresh
         optimiser moments."""
-        st, rc = self.state, self.refit_cfg()
+        st, rc, slot = self.state, self.refit_cfg(), self.slot()
         gen = torch.Generator().manual_seed(self.seed + st.stage)
         train, val = split(data, rc, gen)
         warm = rc.warm_start and st.stage > 0  # the first refit's acting decoder is the identity
-        self.trainee.load_state_dict((self.decoder if warm else self.new_decoder()).state_dict())
-        broadcast_module_(self.trainee)  # a fresh init draws rank-local random numbers
-        self.set_decoder_obs_statistics(train["observation"].to(self.trainee.device), rc.decoder_obs_stats if warm else "refit")
+        source = self.acting_decoder() if warm else slot.new()
+        if type(source) is not type(slot.trainee):
+            raise ConfigError(f"stage {st.stage}'s refit cannot warm-start a {type(slot.trainee).__name__} from the acting "
+                              f"{type(source).__name__}: set refinement.warm_start false for it")
+        slot.trainee.load_state_dict(source.state_dict())
+        broadcast_module_(slot.trainee)  # a fresh init draws rank-local random numbers
+        self.set_decoder_obs_statistics(train["observation"].to(slot.trainee.device), rc.decoder_obs_stats if warm else "refit")
         self.host.optimizer("decoder").state.clear()
         fit = DecoderFit(rc, train, val, seed=self.seed + st.stage)
         self.host.record_metrics({"decoder/dataset_size": len(data)})
-        rank_zero_info(f"[gorl] stage {st.stage}: refining {'warm' if warm else 'a fresh'} decoder on {len(train):,} train / "
+        rank_zero_info(f"[gorl] stage {st.stage}: refining {'a warm' if warm else 'a fresh'} {type(slot.trainee).__name__} on {len(train):,} train / "
                        f"{len(val):,} val pairs for {fit.total_steps:,} steps")
         return fit
 
@@ -441,9 +475,10 @@ class StageCycle:
         decoder's, ``frozen`` keeps them, ``legacy_new_batch`` merges the mean but keeps only
         ``obs``'s squared deviations (:meth:`gorl.networks.RunningNorm.update`'s ``batch_only_var``
         is that update)."""
-        norm = self.trainee.obs_norm
+        trainee = self.slot().trainee
+        norm = trainee.obs_norm
         if mode == "refit":
-            self.trainee.fit_obs_statistics(obs)
+            trainee.fit_obs_statistics(obs)
         elif mode == "cumulative":
             norm.update(obs)
         elif mode == "legacy_new_batch":
@@ -479,8 +514,9 @@ class StageCycle:
 
     def install_decoder(self, fit: DecoderFit) -> None:
         """The fit's best-validation weights become the acting decoder (and the trainee's)."""
-        self.trainee.load_state_dict(fit.best_state)
-        self.decoder.load_state_dict(fit.best_state)
+        slot = self.slot()
+        slot.trainee.load_state_dict(fit.best_state)
+        slot.acting.load_state_dict(fit.best_state)
         rank_zero_info(f"[gorl] stage {self.state.stage} decoder fitted: {fit.steps:,} steps, best {self.refine_cfg.checkpoint_metric} "
                        f"{fit.best_val:.4f} at step {fit.best_step:,}")
 

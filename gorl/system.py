@@ -44,7 +44,7 @@ from gorl.networks import ActionSemantics, ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig
-from gorl.stage_cycle import LoopState, StageCycle, Which, check_observations, summary_table
+from gorl.stage_cycle import DecoderSlot, LoopState, StageCycle, Which, check_observations, summary_table
 
 EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
@@ -114,6 +114,10 @@ class GoRLSystem(pl.LightningModule):
         seed: base seed; env copy ``i`` of rank ``r`` gets ``seed + 10_000 r + i`` (linked to the
             CLI's ``seed_everything``).
         speed: GPU speed settings that change no maths (:class:`~gorl.acceleration.SpeedConfig`).
+        first_decoder: another decoder class for the first refit only, the one on stage 0's data
+            (it acts in stage 1); later refits fit ``decoder``. The authors' diffusion
+            HumanoidStand recipe fits an FM decoder first (:class:`~gorl.stage_cycle.StageCycle`'s
+            ``first``). ``null`` (default): ``decoder`` throughout.
         action_semantics: how latents and decoded actions are bounded. ``squashed`` (default, the
             authors' dm_control pipeline): a Gaussian latent, and ``tanh`` after the decoder, whose
             targets are pre-tanh actions. ``bounded`` (their humanoid profile,
@@ -134,6 +138,7 @@ class GoRLSystem(pl.LightningModule):
         seed: int = 0,
         speed: SpeedConfig | None = None,
         action_semantics: ActionSemantics = "squashed",
+        first_decoder: DecoderFactory | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -151,6 +156,16 @@ class GoRLSystem(pl.LightningModule):
         self.trainee = self._make_decoder(obs_dim, act_dim)  # being fitted during a refinement
         # The acting decoder is frozen (encoders like SAC backpropagate *through* it, never into it).
         self.decoder.requires_grad_(False)
+        first = None
+        if first_decoder is not None:  # the first refit's own type (acts in stage 1)
+            self.first_decoder, self.first_trainee = first_decoder(obs_dim, act_dim), first_decoder(obs_dim, act_dim)
+            self.first_decoder.requires_grad_(False)
+            first = DecoderSlot(self.first_decoder, self.first_trainee, partial(first_decoder, obs_dim, act_dim))
+            if len(self.loop_cfg.stages) > 2 and self.refine_cfg.for_refit(1).warm_start and type(self.first_decoder) is not type(self.decoder):
+                raise ConfigError(f"the refit after stage 1 cannot warm-start a {type(self.decoder).__name__} from the first refit's "
+                                  f"{type(self.first_decoder).__name__} (model.first_decoder): make its refinement.warm_start false")
+        else:
+            self.first_decoder = self.first_trainee = None
         if self.encoder.latent_dim != act_dim and len(self.loop_cfg.stages) >= 1:
             # Stage 0 decodes with the identity, which needs latent size == action size.
             raise ConfigError(f"encoder latent_dim ({self.encoder.latent_dim}) must equal the action dim ({act_dim}) for stage 0")
@@ -175,7 +190,7 @@ class GoRLSystem(pl.LightningModule):
         # The algorithm: stage plan, encoder phases, refits, install and reset (a plain object, not a
         # submodule: the modules it drives are registered here, once).
         self.cycle = StageCycle(self, self.encoder, self.decoder, self.trainee, partial(self._make_decoder, obs_dim, act_dim),
-                                self.policy, self.loop_cfg, self.refine_cfg, self.seed)
+                                self.policy, self.loop_cfg, self.refine_cfg, self.seed, first=first)
 
     # --- the cycle's state, as callbacks and tools read it ---------------------------------------
     @property
@@ -211,7 +226,8 @@ class GoRLSystem(pl.LightningModule):
 
     # --- the policy -----------------------------------------------------------------------------
     def acting_decoder(self) -> DecoderModule:
-        return self.identity if self.loop_state.stage == 0 else self.decoder
+        fitted = self.cycle.acting_decoder()
+        return self.identity if fitted is None else fitted
 
     def _decode(self, obs: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         return self.acting_decoder().decode(obs, latent)
@@ -240,7 +256,7 @@ class GoRLSystem(pl.LightningModule):
 
     def _use_graphs(self) -> None:
         """Replay the acting chain from CUDA graphs (gorl/acceleration.py) where it is safe to."""
-        decoders_safe = all(d.graph_safe for d in (self.identity, self.decoder))
+        decoders_safe = all(d.graph_safe for d in (self.identity, self.decoder, self.first_decoder) if d is not None)
         if self.device.type == "cuda" and self.speed_cfg.cuda_graphs and self.encoder.graph_safe_act and decoders_safe:
             self._norms = [m for m in self.modules() if isinstance(m, RunningNorm)]
             self.policy.graphed = GraphedChain(self.policy.chain, self._acting_state)
@@ -280,7 +296,13 @@ class GoRLSystem(pl.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         enc = self.encoder.configure_optimizers()
-        dec = self.trainee.configure_optimizers() if self.trainee.trainable else torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        trainees = [t for t in (self.trainee, self.first_trainee) if t is not None and t.trainable]
+        if not trainees:
+            dec = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        elif len(trainees) == 1:
+            dec = trainees[0].configure_optimizers()
+        else:  # one optimiser, a group per decoder type; a fit steps only its trainee's (the other has no gradients)
+            dec = torch.optim.Adam([{"params": list(t.parameters()), "lr": t.lr} for t in trainees], fused=True)
         return [enc, dec]
 
     def on_train_start(self) -> None:

@@ -249,3 +249,20 @@ def test_bounded_action_semantics_need_a_latent_policy_that_can_be_bounded():
         GoRLSystem(env=env, action_semantics="clamped")
     system = GoRLSystem(env=env, encoder=partial(EncoderModule, actor_hidden=[8], critic_hidden=[8]), action_semantics="bounded")
     assert system.encoder.bounded_latent and system.squash.bounded
+
+
+def test_a_first_decoder_of_another_type_cannot_seed_a_warm_refit():
+    from gorl.decoders import DiffusionDecoder
+    from gorl.errors import ConfigError
+
+    env = EnvConfig(task="toy-bandit", num_envs=2, eval_envs=2)
+    kw = dict(env=env, encoder=partial(EncoderModule, actor_hidden=[8], critic_hidden=[8]), decoder=partial(FlowDecoder, hidden=[8]),
+              first_decoder=partial(DiffusionDecoder, hidden=[8]), loop=LoopConfig(stages=[64, 64, 64]))
+    with pytest.raises(ConfigError, match="cannot warm-start a FlowDecoder from the first refit's DiffusionDecoder"):
+        GoRLSystem(**kw, refinement=RefinementConfig(warm_start=[False, True]))
+    system = GoRLSystem(**kw, refinement=RefinementConfig(warm_start=[False, False, True]))  # warm from refit 2 on: same type
+    assert system.acting_decoder() is system.identity
+    system.cycle.state.stage = 1
+    assert system.acting_decoder() is system.first_decoder
+    system.cycle.state.stage = 2
+    assert system.acting_decoder() is system.decoder

@@ -123,9 +123,8 @@ HUMANOID_CELLS = [(task, method) for task in HUMANOID_TASKS for method in ("gorl
 def test_humanoid_recipe_matches_the_authors_per_stage_and_per_refit(task, method, capsys):
     """Their teacher is our stage 0 (their stage-0 PPO values), their latent stage k our stage k+1,
     their decoder stage{k} our refit after stage k (entry k of each per-refit list). What no config
-    can express yet (bounded actions, the tanh-normal entropy, the FM first fit of diffusion
-    HumanoidStand) is listed in docs/humanoid_recipes.md and each config's header, and checked
-    here to be the only difference."""
+    can express yet (minor: their 9-step DDIM grid, the tie rule of a stage's best checkpoint, the
+    x-axis offset of their Run curves) is listed in docs/humanoid_recipes.md and each config's header."""
     cfg = resolve(CONF / f"{HUMANOID_CONFIG[task]}{'_fm' if method == 'gorl_fm' else ''}.yaml", capsys)["model"]
     enc, dec = cfg["encoder"]["init_args"], cfg["decoder"]
     assert cfg["env"]["task"] == HUMANOID_TASKS[task]
@@ -153,14 +152,15 @@ def test_humanoid_recipe_matches_the_authors_per_stage_and_per_refit(task, metho
     assert cfg["refinement"]["target_clip"] == HUMANOID_TARGET_CLIP
     assert cfg["env"]["eval_envs"] == EVALUATION["episodes"] and cfg["loop"]["evals_per_stage"] == EVALUATION["num_evals"]
 
-    ours_type = "diffusion" if dec["class_path"] == "gorl.decoders.DiffusionDecoder" else "fm"
+    kind = {"gorl.decoders.DiffusionDecoder": "diffusion", "gorl.decoders.FlowDecoder": "fm"}
+    first = cfg.get("first_decoder")  # model.first_decoder: the first refit's own type
     refinement = RefinementConfig(**cfg["refinement"])
-    type_differs = []
     for k in range(len(latent_steps)):  # the refit after our stage k = their decoder stage k
         theirs, ours = authors_humanoid_decoder(task, method, k), refinement.for_refit(k)
         where = (task, method, k)
-        if theirs["type"] != ours_type:
-            type_differs.append(k)
+        fitted = first if (k == 0 and first) else dec
+        assert kind[fitted["class_path"]] == theirs["type"], where
+        assert fitted["init_args"]["hidden"] == theirs["hidden_sizes"] and fitted["init_args"]["zero_final_layer"] is theirs["zero_final_layer"], where
         assert ours.steps is None and ours.epochs == theirs["epochs"], where
         assert ours.warm_start is (theirs["initialization"] == "warm"), where
         if ours.warm_start:
@@ -172,14 +172,11 @@ def test_humanoid_recipe_matches_the_authors_per_stage_and_per_refit(task, metho
         assert (ours.split_unit, ours.batch_sampling) == (theirs["split_unit"], theirs["batch_sampling"]), where
         assert ours.patience == theirs["early_stopping_patience"] and ours.val_every is None and ours.val_samples is None
         assert ours.collect_from == "reset" and ours.collect_envs == 64 and ours.max_episode_steps == 1000
-    assert type_differs == ([0] if (task, method) == ("HumanoidStand", "gorl_diffusion") else []), type_differs  # the one missing mechanism here
-    fitted_like_ours = [authors_humanoid_decoder(task, method, k) for k in range(len(latent_steps)) if k not in type_differs]
-    args = dec["init_args"]
-    assert args["hidden"] == fitted_like_ours[0]["hidden_sizes"]
-    assert args["zero_final_layer"] is fitted_like_ours[0]["zero_final_layer"] is False
-    if ours_type == "diffusion":
-        assert args["schedule"] == "cosine" and args["output_scale"] == fitted_like_ours[0]["output_scale"]
-        assert args["parameterization"] == fitted_like_ours[0]["diffusion_parameterization"] == "epsilon"
+        if kind[fitted["class_path"]] == "diffusion":
+            args = fitted["init_args"]
+            assert args["schedule"] == "cosine" and args["output_scale"] == theirs["output_scale"], where
+            assert args["parameterization"] == theirs["diffusion_parameterization"] == "epsilon", where
+    assert (first is not None) == ((task, method) == ("HumanoidStand", "gorl_diffusion"))  # the one recipe that changes type
 
 
 def test_the_first_release_recipes_stay_reachable(capsys):
@@ -254,9 +251,10 @@ HUMANOID_SMOKE = ("--trainer.accelerator", "cpu", "--model.env.num_envs", "4", "
 
 
 @pytest.mark.parametrize("name, refits", [
-    ("humanoid_stand_fm", [("final", "a fresh"), ("best", "warm"), ("best", "warm")]),
-    ("humanoid_stand", [("final", "a fresh"), ("best", "a fresh"), ("best", "warm")]),  # their refit 1 starts fresh (the type changes)
-    ("humanoid_run", [("final", "a fresh"), ("final", "a fresh")]),  # encoder_handoff = "final" throughout
+    ("humanoid_stand_fm", [("final", "a fresh FlowDecoder"), ("best", "a warm FlowDecoder"), ("best", "a warm FlowDecoder")]),
+    # an FM fit on the teacher's data, then diffusion: fresh where the type changes, warm after
+    ("humanoid_stand", [("final", "a fresh FlowDecoder"), ("best", "a fresh DiffusionDecoder"), ("best", "a warm DiffusionDecoder")]),
+    ("humanoid_run", [("final", "a fresh DiffusionDecoder"), ("final", "a fresh DiffusionDecoder")]),  # encoder_handoff = "final" throughout
 ])
 def test_humanoid_recipes_run_through_their_refits(name, refits, gorl_in_process):
     stages = "[" + ", ".join(["64"] * (len(refits) + 1)) + "]"
@@ -265,7 +263,7 @@ def test_humanoid_recipes_run_through_their_refits(name, refits, gorl_in_process
     assert res.returncode == 0, res.stderr[-3000:]
     for stage, (handoff, start) in enumerate(refits):
         assert f"[gorl] stage {stage}: refit data from its {handoff} encoder" in res.stderr, (stage, res.stderr[-3000:])
-        assert f"[gorl] stage {stage}: refining {start} decoder" in res.stderr, (stage, res.stderr[-3000:])
+        assert f"[gorl] stage {stage}: refining {start} on " in res.stderr, (stage, res.stderr[-3000:])
     assert "(2 stochastic eval episodes per evaluation)" in res.stderr
     assert "final eval/return" in res.stderr
 
@@ -282,5 +280,5 @@ def test_the_teacher_quality_gate_stops_humanoid_run_and_its_checkpoint_goes_on(
     (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
     resumed = gorl_in_process(*args, "--model.refinement.min_data_return", "null", "--ckpt_path", str(ckpt))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "[gorl] stage 0: refining a fresh decoder" in resumed.stderr and "stage 0 | frames 0/" not in resumed.stderr  # no stage 0 again
+    assert "[gorl] stage 0: refining a fresh FlowDecoder" in resumed.stderr and "stage 0 | frames 0/" not in resumed.stderr  # no stage 0 again
     assert "final eval/return" in resumed.stderr
