@@ -2,7 +2,8 @@
 
 At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one per ``training_step``):
 
-1. **collect** — with the stage's best encoder restored and frozen, roll out *stochastic* latents
+1. **collect** — with the stage's handoff encoder (its best, restored, or with ``handoff: final``
+   the final one) frozen, roll out *stochastic* latents
    through the current decoder and keep ``(observation, pre-tanh action)`` pairs with their episode
    id and reward. By default (``collect_from: reset``, :func:`collect_from_reset`) this runs complete
    episodes from env reset on a dedicated env, as the authors' ``collect_dataset`` does, so every
@@ -12,11 +13,13 @@ At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one 
    diffusion recipe (``pairwise_weight > 0``): ``weight * |decode(s, z_rollout) - a|^2`` ties the
    latent that produced an action to that action, so that a warm-started encoder keeps its meaning
    through the new decoder. Only then is the rollout latent kept; with weight 0 the fit never sees it.
-2. **split** by episode: ``val_fraction`` of the episodes validate, the rest train (optionally only
-   the top-q episodes by return are kept, off by default as in the authors' code). Pre-tanh targets
-   are clipped to ``+-target_clip`` (theirs: 3).
+2. **check and split**: the data's mean episode return must pass ``min_data_return`` if set (the
+   authors' humanoid teacher gate); ``val_fraction`` of the episodes (or, ``split_unit:
+   transition``, of the transitions) validate, the rest train (optionally only the top-q episodes
+   by return are kept, off by default as in the authors' code). Pre-tanh targets are clipped to
+   ``+-target_clip`` (theirs: 3; 1 under bounded action semantics, where targets are env actions).
 3. **fit** a fresh (or warm-started) decoder with Adam for a fixed number of optimiser ``steps``
-   (batches drawn with replacement), validating every ``val_every`` steps and keeping the
+   (batches drawn with replacement, or ``epoch_permutation``: each epoch one permutation), validating every ``val_every`` steps and keeping the
    best-validation weights: the authors' current flow recipe (``configs/methods/gorl_fm.toml``:
    ``train_steps = 50000``, ``batch_sampling = "with_replacement"``, ``checkpoint_metric =
    "val_loss"``). Epochs remain an alternative unit (``epochs``: that many passes' worth of steps,
@@ -24,7 +27,9 @@ At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one 
    default: a fit measured in steps runs its steps.
 
 The fit advances one *round* (``val_every`` optimiser steps and one validation) per iteration, so a
-run checkpoints and reports progress inside a long fit.
+run checkpoints and reports progress inside a long fit. Each refit may have settings of its own
+(:meth:`RefinementConfig.for_refit`): the authors' humanoid recipes change epochs, warm starts,
+pairwise weights, data sizes and the handoff from one refit to the next.
 """
 
 from __future__ import annotations
