@@ -447,7 +447,7 @@ class DecoderFit:
         for i in range(todo):
             idx = self.batch_indices(self.steps + i, n, bs, decoder.device)
             obs, action = obs_all[idx], act_all[idx]
-            loss = decoder.loss(obs, action)
+            loss = decoder.training_loss(obs, action)
             total += loss.detach().float()
             if latent_all is not None:
                 pair = pairwise_loss(decoder, obs, latent_all[idx], action)

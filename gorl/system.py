@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
@@ -253,6 +253,8 @@ class GoRLSystem(pl.LightningModule):
         # the optimiser steps are then read once per update (gorl/optimization.py says why it is safe).
         self._guard = FiniteGuard() if self.device.type == "cuda" else None
         self._use_graphs()
+        if self.speed_cfg.compile:
+            self._compile_losses()
 
     def _use_graphs(self) -> None:
         """Replay the acting chain from CUDA graphs (gorl/acceleration.py) where it is safe to."""
@@ -263,10 +265,22 @@ class GoRLSystem(pl.LightningModule):
         else:
             self.policy.graphed = None
 
+    def _compile_losses(self) -> None:
+        """``model.speed.compile``: the encoder's minibatch loss and every decoder trainee's loss."""
+        compile_encoder = getattr(self.encoder, "compile_loss", None)
+        if compile_encoder is None:
+            rank_zero_warn(f"[gorl] model.speed.compile: {type(self.encoder).__name__} has no compiled loss; its updates run eagerly")
+        else:
+            compile_encoder(backend=self.speed_cfg.compile_backend)
+        for trainee in (self.trainee, self.first_trainee):
+            if trainee is not None and trainee.trainable:
+                trainee.compile_loss(backend=self.speed_cfg.compile_backend)
+
     def _acting_state(self) -> tuple:
-        """What decides the acting chain's Python path besides its input: which decoder acts, and
-        which observation normalisers have seen data."""
-        return (self.loop_state.stage == 0, tuple(n.empty for n in self._norms))
+        """What decides the acting chain's Python path besides its input: which decoder acts (the
+        identity, ``model.first_decoder`` in stage 1, the decoder), and which observation
+        normalisers have seen data."""
+        return (id(self.acting_decoder()), tuple(n.empty for n in self._norms))
 
     def _build_collector(self) -> Collector:
         frames = self.train_env.batch_size.numel() * self.encoder.rollout_steps

@@ -262,7 +262,33 @@ def test_a_first_decoder_of_another_type_cannot_seed_a_warm_refit():
         GoRLSystem(**kw, refinement=RefinementConfig(warm_start=[False, True]))
     system = GoRLSystem(**kw, refinement=RefinementConfig(warm_start=[False, False, True]))  # warm from refit 2 on: same type
     assert system.acting_decoder() is system.identity
-    system.cycle.state.stage = 1
-    assert system.acting_decoder() is system.first_decoder
-    system.cycle.state.stage = 2
-    assert system.acting_decoder() is system.decoder
+    system._norms = []
+    keys = {}
+    for stage, acting in ((1, system.first_decoder), (2, system.decoder), (3, system.decoder)):
+        system.cycle.state.stage = stage
+        assert system.acting_decoder() is acting
+        keys[stage] = system._acting_state()
+    # the CUDA graphs of the acting chain are keyed by which decoder acts (gorl/acceleration.py)
+    assert keys[1] != keys[2] and keys[2] == keys[3]
+
+
+def test_speed_compile_runs_the_loop_with_compiled_losses():
+    """``model.speed.compile`` through a whole smoke plan (both refits): the encoder's and the
+    decoder's compiled losses take every step (``aot_eager``: the capture without kernel
+    generation; tests/test_encoder.py and tests/test_decoders.py compare them with eager)."""
+    import dataclasses
+
+    import torch._dynamo
+
+    from gorl.acceleration import SpeedConfig
+
+    torch._dynamo.reset()
+    base = smoke_system()
+    system = GoRLSystem(env=base.env_cfg, encoder=partial(EncoderModule, actor_hidden=[16, 16], critic_hidden=[32, 32], unroll=8, epochs=2,
+                                                          minibatch_size=64),
+                        decoder=base._make_decoder, loop=dataclasses.replace(base.loop_cfg, stages=[256, 128]),
+                        refinement=base.refine_cfg, seed=0, speed=SpeedConfig(compile=True, compile_backend="aot_eager"))
+    _fit(system, [])
+    assert system.loop_state.phase == "done" and system.loop_state.history[0].fit_steps == 6
+    for compiled in (system.encoder._compiled_terms, system.trainee._compiled_loss):
+        assert compiled.enabled and compiled.compiled is not None  # compiled, and never fell back to eager

@@ -9,6 +9,8 @@ with, so later encoder phases (whose statistics keep moving) cannot shift what i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ class DecoderModule(pl.LightningModule):
         super().__init__()
         self.obs_dim, self.act_dim, self.lr = obs_dim, act_dim, lr
         self.obs_norm = RunningNorm(obs_dim)
+        self._compiled_loss = None  # compile_loss
 
     # --- what every decoder provides --------------------------------------------------------
     def decode(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -39,6 +42,17 @@ class DecoderModule(pl.LightningModule):
     def loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Generative loss for pairs ``(obs, pre-tanh action)``; draws its own noise from the prior."""
         raise NotImplementedError
+
+    def training_loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` as a refit steps on it: compiled after :meth:`compile_loss`."""
+        return self.loss(obs, action) if self._compiled_loss is None else self._compiled_loss(obs, action)
+
+    def compile_loss(self, backend: str | Callable = "inductor", mode: str | None = None) -> None:
+        """``torch.compile`` the training loss (``model.speed.compile``;
+        :class:`gorl.acceleration.CompiledFn`). Validation keeps the eager loss, with its fixed noise."""
+        from gorl.acceleration import CompiledFn
+
+        self._compiled_loss = CompiledFn(self.loss, f"the {type(self).__name__}'s training loss", backend=backend, mode=mode)
 
     def fit_obs_statistics(self, obs: torch.Tensor) -> None:
         """Freeze the observation statistics of the training data into the decoder."""
