@@ -19,9 +19,10 @@ because no call has timed it yet):
    frames/s per stage (stage 0 acts through the identity, later stages through the 10-step flow
    decoder), the update's time, and the time of one evaluation of 128 episodes of 1,000 steps;
 3. the same at the many-env shape (16,384 envs x 2 unrolls, ``conf/recipes/paper_gpu_wide.yaml``);
-4. the acting chain per env step, eager and from a CUDA graph; decoder refits at the authors' batch (8,192 pairs x 8 draws), the real ``DecoderFit`` with its
+4. the acting chain per env step, eager and from a CUDA graph; one PPO update at the authors' shape,
+   eager and with ``model.speed.compile``; decoder refits at the authors' batch (8,192 pairs x 8 draws), the real ``DecoderFit`` with its
    validations, for the recipes' flow (GoRL-FM) and diffusion (GoRL-diffusion, with the pairwise
-   term) decoders, in float32, TF32 and bf16 autocast: Adam steps/s;
+   term) decoders, in float32, TF32, bf16 autocast and compiled float32: Adam steps/s;
 5. dm_control with 15 worker processes (16 shards of 128 envs) and CUDA networks: frames/s;
 6. DDP: the smoke plan in 2 processes sharing the one GPU (gloo), every rank's weights identical;
 7. the projected 180M-frame plan time per shape from the rates above, each phase shown.
@@ -193,10 +194,12 @@ def refit_rates(report: Report, quick: bool) -> dict:
         data = TensorDict({"observation": torch.randn(n, obs_dim, generator=g), "action": torch.randn(n, act_dim, generator=g).clamp(-3, 3),
                            "latent": torch.randn(n, act_dim, generator=g)}, [n]).to(device)
         cfg = RefinementConfig(**{**ref, "steps": 10_000, "epochs": None, "val_every": 100 if not quick else 10})
-        for precision in ("fp32", "tf32", "bf16"):
+        for precision in ("fp32", "tf32", "bf16", "fp32 compiled"):
             torch.manual_seed(0)
             decoder = make(obs_dim, act_dim, **model["decoder"]["init_args"]).to(device)
             decoder.fit_obs_statistics(data["observation"])
+            if precision == "fp32 compiled":  # model.speed.compile (the warm-up round below compiles)
+                decoder.compile_loss()
             opt = torch.optim.Adam(decoder.parameters(), lr=decoder.lr, fused=True)
 
             def optimize(loss, decoder=decoder, opt=opt):
@@ -269,6 +272,58 @@ def acting_rates(report: Report, quick: bool) -> None:
         report.say(f"- acting chain at {batch:,} envs: eager {times['eager']:.2f} ms, CUDA graph {times['CUDA graph']:.2f} ms per env step"
                    + ("" if device == "cuda" else " (CPU: the graph path is eager)"))
         report.data[f"acting {batch}"] = times
+
+
+def ppo_rates(report: Report, quick: bool) -> None:
+    """One PPO update at the authors' shape (983,040 frames, 16 epochs x 32 minibatches of 30,720,
+    GAE per minibatch, 4x32 actor, 5x256 critic), eager against ``model.speed.compile`` (the fused
+    loss under torch.compile, ``reduce-overhead`` on a GPU); the compile itself is timed apart."""
+    import torch
+    from tensordict import TensorDict
+
+    from gorl.encoders import EncoderModule
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, mb = (64, 960) if quick else (32_768, 30_720)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    done = torch.zeros(rows, 30, 1, dtype=torch.bool)
+    done[::33, 7] = True
+    data = TensorDict({"observation": torch.randn(rows, 30, 15, generator=g),
+                       "next": {"observation": torch.randn(rows, 30, 15, generator=g), "reward": torch.rand(rows, 30, 1, generator=g),
+                                "done": done, "terminated": torch.zeros_like(done), "truncated": done.clone()}}, [rows, 30]).to(device)
+    times = {}
+    for label in ("eager", "compiled"):
+        torch.manual_seed(0)
+        enc = EncoderModule(15, 4, gae="minibatch", minibatch_size=mb, epochs=16, unroll=30, prior_reg="l2").to(device)
+        with torch.no_grad():
+            batch = data.clone()
+            batch.update(enc.act(batch["observation"], False))
+        opt = enc.configure_optimizers()
+
+        def optimize(loss: torch.Tensor, max_norm: float | None, enc=enc, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [q for q in enc.parameters() if q.grad is not None]
+            norm = torch.nn.utils.get_total_norm([q.grad for q in params], foreach=True)
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm or 1e9, norm, foreach=True)
+            opt.step()
+
+        if label == "compiled":
+            enc.compile_loss()
+        sync()
+        t0 = time.perf_counter()
+        enc.train_on(batch.clone(), optimize, 0)  # the first update: warm-up, and for "compiled" the compile
+        sync()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        enc.train_on(batch.clone(), optimize, 0)
+        sync()
+        times[label] = time.perf_counter() - t0
+        fell_back = label == "compiled" and not enc._compiled_terms.enabled
+        report.say(f"- PPO update, {rows * 30:,} frames, {label}: **{times[label]:.2f} s** (first update {first:.1f} s)"
+                   + (" - the compile FAILED and it ran eagerly (see the log)" if fell_back else ""))
+    report.data["ppo update"] = times
 
 
 # --- 7: the projection -------------------------------------------------------------------------
@@ -414,6 +469,13 @@ def main() -> None:
                     acting_rates(report, q)
                 except Exception as err:  # noqa: BLE001
                     report.say(f"- acting chain: FAILED: {type(err).__name__}: {err}"[:600])
+                try:
+                    if left() > 150 or q:
+                        ppo_rates(report, q)
+                    else:
+                        report.say("- PPO update eager vs compiled: skipped, the budget is short")
+                except Exception as err:  # noqa: BLE001
+                    report.say(f"- PPO update: FAILED: {type(err).__name__}: {err}"[:600])
                 try:
                     refits = refit_rates(report, q)
                 except Exception as err:  # noqa: BLE001

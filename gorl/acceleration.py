@@ -1,4 +1,5 @@
-"""GPU speed settings that change no maths: CUDA graphs for the acting policy, and matmul precision.
+"""GPU speed settings that change no maths: CUDA graphs for the acting policy, compiled training
+losses (:class:`CompiledFn`, ``speed.compile``), and matmul precision.
 
 Why CUDA graphs for acting: the policy runs once per batched env step, and on a GPU a step of the
 small encoder (4x32) and a 10-step decoder chain is a few hundred tiny kernels. Launched one by one
@@ -41,16 +42,58 @@ class SpeedConfig:
             mantissa for the products, float32 accumulation): faster on a GPU, and differences of
             about 1e-3 relative in network outputs. Mixed precision (``trainer.precision``) is a
             separate switch.
+        compile: ``torch.compile`` the training losses: latent PPO's fused minibatch loss and the
+            decoder's generative loss (forward and backward). On a GPU with ``mode="reduce-overhead"``,
+            so each step replays CUDA graphs, one launch where the eager step makes hundreds; on a CPU
+            with inductor's C++ kernels. The first step of each compiles (tens of seconds), and random
+            draws inside a compiled loss (the decoders' noise) come from another generator than
+            eager code's. A failed compile falls back to eager, said once. ``false`` (default): eager.
+        compile_backend: ``torch.compile``'s backend (``inductor``; ``aot_eager`` traces the same
+            graphs without generating kernels: a quick check that a loss compiles).
     """
 
     cuda_graphs: bool = True
     matmul_precision: MatmulPrecision = "highest"
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.matmul_precision not in ("highest", "high", "medium"):
             from gorl.errors import ConfigError
 
             raise ConfigError(f"speed.matmul_precision must be highest, high or medium, got {self.matmul_precision!r}")
+
+
+class CompiledFn:
+    """``torch.compile(fn)``, or ``fn`` itself once compiling it has failed (said once, with why):
+    a missing compiler or an operation the compiler cannot take must not stop a run that eager code
+    can make. An error that eager code raises too is raised by the eager call.
+
+    Args:
+        fn: a function of tensors (and Python constants that stay fixed within a run).
+        what: how the warning names it.
+        backend, mode: ``torch.compile``'s; ``mode=None`` picks ``reduce-overhead`` (CUDA graphs)
+            when the first call's tensors are on a GPU, inductor's default otherwise.
+    """
+
+    def __init__(self, fn: Callable, what: str, backend: str | Callable = "inductor", mode: str | None = None) -> None:
+        self.fn, self.what, self.backend, self.mode = fn, what, backend, mode
+        self.compiled: Callable | None = None
+        self.enabled = True
+
+    def __call__(self, *args):  # noqa: ANN002, ANN204
+        if not self.enabled:
+            return self.fn(*args)
+        if self.compiled is None:
+            cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+            mode = self.mode or ("reduce-overhead" if cuda and self.backend == "inductor" else None)
+            self.compiled = torch.compile(self.fn, backend=self.backend, mode=mode, dynamic=False)
+        try:
+            return self.compiled(*args)
+        except Exception as err:  # noqa: BLE001  (any compile failure: run eagerly, say why once)
+            self.enabled = False
+            rank_zero_warn(f"[gorl] torch.compile of {self.what} is off for this run: {type(err).__name__}: {str(err)[:300]}")
+            return self.fn(*args)
 
 
 class GraphedChain:

@@ -100,6 +100,9 @@ class FrameCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_flush = time.monotonic()
+        # Where training starts: a phase that ends in the first iteration is then a phase change too.
+        st = pl_module.loop_state
+        self._last_phase, self._last_frames = (st.stage, st.phase), st.frames
         if hasattr(signal, "SIGTERM"):
             self.install_signal_handlers()  # every rank: a Ctrl-C reaches the whole process group
 

@@ -415,7 +415,7 @@ def build_schema() -> dict[str, Any]:
 
 
 # Parameters whose value is one of a family of classes, and GoRL's own classes for them.
-CLASS_PARAMS = ("model.encoder", "model.decoder")
+CLASS_PARAMS = ("model.encoder", "model.decoder", "model.first_decoder")
 _GORL_CLASSES = ("gorl.encoders.EncoderModule", "gorl.encoders.LatentSAC", "gorl.baselines.FPO", "gorl.baselines.DPPO",
                  "gorl.decoders.IdentityDecoder", "gorl.decoders.FlowDecoder", "gorl.decoders.DiffusionDecoder")
 

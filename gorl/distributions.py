@@ -129,7 +129,8 @@ def sample_actions(pl_module: pl.LightningModule, probe_obs: torch.Tensor, sampl
         for index in cuda:
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(seed)
-        latent = pl_module.encoder.act(obs, False)["latent"]
+        acted = pl_module.encoder.act(obs, False)
+        latent = acted.get("squashed_latent", acted["latent"])  # what the decoder is given (bounded semantics: tanh'd)
         policy_pre = decoder.decode(obs, latent)
         eps = torch.randn(obs.shape[0], latent.shape[-1], device=device)
         prior_pre = decoder.decode(obs, eps)

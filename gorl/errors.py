@@ -17,5 +17,9 @@ class NonFiniteError(GoRLError, FloatingPointError):
     """Training produced a NaN/Inf; the message names phase, stage and frame."""
 
 
+class DataQualityError(GoRLError):
+    """A refit's data failed its quality gate (``refinement.min_data_return``)."""
+
+
 class EnvWorkerError(GoRLError):
     """An env worker process died; its own traceback is printed above the one-line error."""

@@ -1,4 +1,5 @@
-"""Deterministic evaluation: the latent mean through the decoder, one episode per eval env."""
+"""Evaluation: one episode per eval env, deterministic (the latent mean through the decoder) or, with
+``deterministic=False``, stochastic (sampled latents, the authors' humanoid evaluations)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ def episode_returns(reward: torch.Tensor, done: torch.Tensor, carry: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000) -> torch.Tensor:
-    """Returns of one deterministic episode per env copy, shape ``[num_env_copies]`` (on the env's
-    device).
+def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000, deterministic: bool = True) -> torch.Tensor:
+    """Returns of one episode per env copy, shape ``[num_env_copies]`` (on the env's device): the
+    latent mean through the decoder, or with ``deterministic=False`` a sampled latent at every step.
 
     ``auto_cast_to_device``: the policy may live elsewhere than the env (a CUDA policy over CPU
     dm_control envs); TorchRL then moves each step's observation to the policy's device and its
@@ -57,9 +58,9 @@ def evaluate(env: EnvBase, policy: TensorDictModuleBase, max_steps: int = 1000) 
     if fast is not None and isinstance(policy, LatentPolicy):
         # The env's own loop (gorl/envs/mjx.py says why), with the same chain the collector acts with.
         chain, device = policy.graphed or policy.chain, policy.device
-        return fast(lambda obs: chain(obs.to(device), True)["action"], max_steps)
+        return fast(lambda obs: chain(obs.to(device), deterministic)["action"], max_steps)
     policy = on_env_device(policy, env)
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
+    with set_exploration_type(ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM):
         td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True, auto_cast_to_device=True)
     td = td.reshape(-1, td.shape[-1])
     return first_episode_returns(td["next", "reward"], td["next", "done"])

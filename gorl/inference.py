@@ -13,6 +13,9 @@ The chain, top to bottom (:class:`ActingChain`)::
         -> pre_tanh = decoder.decode(obs, latent)    # identity in stage 0
         -> action = low + (tanh(pre_tanh) + 1) (high - low) / 2
 
+(``model.action_semantics: bounded``: ``latent = tanh(loc + scale * noise)`` and the action clips
+``pre_tanh`` to [-1, 1] instead of ``tanh``.)
+
 ``gorl export --ckpt_path C --out policy.pt`` writes the same chain as TorchScript: it loads with
 ``torch.jit.load`` and nothing else, and is called as ``module(obs)`` (deterministic) or
 ``module(obs, noise)``, with ``obs`` of shape ``[obs_dim]`` or ``[n, obs_dim]`` and ``noise`` shaped like
@@ -45,8 +48,12 @@ def policy_meta(system: Any) -> dict:
                    if k not in ("obs_dim", "act_dim")}
         return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": hparams}
 
-    return {"obs_dim": int(system.obs_dim), "act_dim": int(system.act_dim), "encoder": spec(system.encoder),
+    meta = {"obs_dim": int(system.obs_dim), "act_dim": int(system.act_dim), "encoder": spec(system.encoder),
+            "action_semantics": system.action_semantics,
             "decoder": spec(system.decoder), "task": system.env_cfg.task if system.env_cfg.factory is None else system.env_cfg.factory}
+    if system.first_decoder is not None:  # model.first_decoder: the decoder acting in stage 1
+        meta["first_decoder"] = spec(system.first_decoder)
+    return meta
 
 
 def _build(spec: dict, obs_dim: int, act_dim: int) -> nn.Module:
@@ -69,13 +76,16 @@ class ActingChain(nn.Module):
     it faithfully (the decoder's fixed number of steps unrolls).
     """
 
-    def __init__(self, head: nn.Module, decoder: nn.Module | None, squash: nn.Module) -> None:
+    def __init__(self, head: nn.Module, decoder: nn.Module | None, squash: nn.Module, bounded_latent: bool = False) -> None:
         super().__init__()
         self.head, self.decoder, self.squash = head, decoder, squash
+        self.bounded_latent = bounded_latent
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         loc, scale = self.head(obs)
         latent = loc + scale * noise
+        if self.bounded_latent:  # action_semantics: bounded (a tanh-normal latent)
+            latent = torch.tanh(latent)
         pre_tanh = latent if self.decoder is None else self.decoder.decode(obs, latent)
         return self.squash(pre_tanh)
 
@@ -296,10 +306,12 @@ def load_policy(checkpoint: str | Path, device: str | torch.device = "cpu") -> P
     stage = int(ckpt["gorl_loop"]["state"]["stage"])
     decoder = None
     if stage > 0:
-        decoder = _build(meta["decoder"], obs_dim, act_dim)
-        decoder.load_state_dict(_sub_state(state, "decoder."))
+        which = "first_decoder" if (stage == 1 and "first_decoder" in meta) else "decoder"
+        decoder = _build(meta[which], obs_dim, act_dim)
+        decoder.load_state_dict(_sub_state(state, f"{which}."))
     from gorl.networks import ActionSquash
 
-    squash = ActionSquash(state["squash.low"], state["squash.high"])
-    chain = ActingChain(head, decoder, squash).to(device).eval()
+    semantics = meta.get("action_semantics", "squashed")  # older checkpoints: the only semantics there was
+    squash = ActionSquash(state["squash.low"], state["squash.high"], semantics)
+    chain = ActingChain(head, decoder, squash, bounded_latent=semantics == "bounded").to(device).eval()
     return Policy(chain, obs_dim, act_dim, stage, meta.get("task", ""), device)

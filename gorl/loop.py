@@ -48,7 +48,7 @@ class LoopConfig:
     Attributes:
         stages: encoder-phase env frames per stage (``[60e6, 60e6, 30e6, 30e6]`` in the paper;
             one entry = plain Gaussian PPO). Floats are accepted (``1e6``).
-        eval_every: env frames between deterministic evaluations (each phase also ends with one,
+        eval_every: env frames between evaluations (each phase also ends with one,
             and every stage after the first starts with one).
         evals_per_stage: if set, evaluate this many times per stage instead (the authors:
             ``num_evals = 10`` per stage, the best of which is the stage's agent), placed as
@@ -60,6 +60,10 @@ class LoopConfig:
             frames after the previous evaluation, and at the end of each phase (plus the boundary's
             evaluation of each later stage): N + 1 per stage.
         eval_max_steps: step cap of an evaluation episode.
+        eval_deterministic: evaluate with the latent mean (default, the authors' dm_control
+            pipeline) or, ``false``, with sampled latents (their humanoid profile's
+            ``evaluation.deterministic = false``); either way the stage's best encoder is picked by
+            these returns.
     """
 
     stages: list[float] = field(default_factory=lambda: [60e6, 60e6, 30e6, 30e6])
@@ -67,6 +71,7 @@ class LoopConfig:
     evals_per_stage: int | None = None
     eval_schedule: EvalSchedule = "authors"
     eval_max_steps: int = 1000
+    eval_deterministic: bool = True
 
     def __post_init__(self) -> None:
         if not self.stages or any(s <= 0 for s in self.stages):

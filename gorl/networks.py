@@ -144,16 +144,27 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([torch.cos(scaled), torch.sin(scaled)], dim=-1)
 
 
-class ActionSquash(nn.Module):
-    """``tanh`` into ``[-1, 1]``, then affinely onto the env's action box (a no-op for dm_control)."""
+ActionSemantics = Literal["squashed", "bounded"]
 
-    def __init__(self, low: torch.Tensor, high: torch.Tensor) -> None:
+
+class ActionSquash(nn.Module):
+    """The decoder's output into ``[-1, 1]``, then affinely onto the env's action box (a no-op for
+    dm_control): ``tanh`` (``squashed``, default) or a clip (``bounded``: the authors' humanoid
+    profile, whose decoders are fitted on env actions and whose decoded action is clipped, not
+    squashed; ``BoundedLatentActionEnvironment`` in their ``src/gorl/humanoid/environment.py`` at
+    bennidict23/GoRL@8a0209c)."""
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, semantics: ActionSemantics = "squashed") -> None:
         super().__init__()
+        if semantics not in ("squashed", "bounded"):
+            raise ValueError(f"action semantics must be squashed or bounded, got {semantics!r}")
         self.register_buffer("low", low.float().clone())
         self.register_buffer("high", high.float().clone())
+        self.bounded = semantics == "bounded"
 
     def forward(self, pre_tanh: torch.Tensor) -> torch.Tensor:
-        return self.low + (torch.tanh(pre_tanh) + 1.0) * 0.5 * (self.high - self.low)
+        unit = pre_tanh.clamp(-1.0, 1.0) if self.bounded else torch.tanh(pre_tanh)
+        return self.low + (unit + 1.0) * 0.5 * (self.high - self.low)
 
 
 def stage_item(value, stage: int):

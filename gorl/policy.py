@@ -55,9 +55,10 @@ class LatentPolicy(TensorDictModuleBase):
         return self.squash.low.device
 
     def chain(self, obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
-        """The whole acting chain in plain tensors: encoder outputs, ``pre_tanh`` and ``action``."""
+        """The whole acting chain in plain tensors: encoder outputs, ``pre_tanh`` (the decoder's
+        output) and ``action``. A bounded latent policy's ``squashed_latent`` is what is decoded."""
         out = dict(self._act(obs, deterministic))
-        out["pre_tanh"] = self._decode(obs, out["latent"])
+        out["pre_tanh"] = self._decode(obs, out["squashed_latent"] if "squashed_latent" in out else out["latent"])
         out["action"] = self.squash(out["pre_tanh"])
         return out
 

@@ -131,6 +131,9 @@ class GoRLProgressBar(TQDMProgressBar):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._redirect.close()
+        bar = getattr(self, "_train_progress_bar", None)
+        if bar is not None and not bar.disable:
+            bar.close()  # ends the bar's line: the CLI's "gorl: error: ..." then starts a line of its own
 
     # --- gorl validate ----------------------------------------------------------------------------
     def init_validation_tqdm(self) -> Tqdm:
@@ -150,4 +153,5 @@ class GoRLProgressBar(TQDMProgressBar):
     ) -> None:
         super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
         n = pl_module.env_cfg.eval_envs * trainer.world_size
-        self.val_progress_bar.set_description(f"gorl validate: {n} deterministic episodes")
+        mode = "deterministic" if pl_module.loop_cfg.eval_deterministic else "stochastic"
+        self.val_progress_bar.set_description(f"gorl validate: {n} {mode} episodes")

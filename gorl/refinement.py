@@ -2,7 +2,8 @@
 
 At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one per ``training_step``):
 
-1. **collect** — with the stage's best encoder restored and frozen, roll out *stochastic* latents
+1. **collect** — with the stage's handoff encoder (its best, restored, or with ``handoff: final``
+   the final one) frozen, roll out *stochastic* latents
    through the current decoder and keep ``(observation, pre-tanh action)`` pairs with their episode
    id and reward. By default (``collect_from: reset``, :func:`collect_from_reset`) this runs complete
    episodes from env reset on a dedicated env, as the authors' ``collect_dataset`` does, so every
@@ -12,11 +13,13 @@ At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one 
    diffusion recipe (``pairwise_weight > 0``): ``weight * |decode(s, z_rollout) - a|^2`` ties the
    latent that produced an action to that action, so that a warm-started encoder keeps its meaning
    through the new decoder. Only then is the rollout latent kept; with weight 0 the fit never sees it.
-2. **split** by episode: ``val_fraction`` of the episodes validate, the rest train (optionally only
-   the top-q episodes by return are kept, off by default as in the authors' code). Pre-tanh targets
-   are clipped to ``+-target_clip`` (theirs: 3).
+2. **check and split**: the data's mean episode return must pass ``min_data_return`` if set (the
+   authors' humanoid teacher gate); ``val_fraction`` of the episodes (or, ``split_unit:
+   transition``, of the transitions) validate, the rest train (optionally only the top-q episodes
+   by return are kept, off by default as in the authors' code). Pre-tanh targets are clipped to
+   ``+-target_clip`` (theirs: 3; 1 under bounded action semantics, where targets are env actions).
 3. **fit** a fresh (or warm-started) decoder with Adam for a fixed number of optimiser ``steps``
-   (batches drawn with replacement), validating every ``val_every`` steps and keeping the
+   (batches drawn with replacement, or ``epoch_permutation``: each epoch one permutation), validating every ``val_every`` steps and keeping the
    best-validation weights: the authors' current flow recipe (``configs/methods/gorl_fm.toml``:
    ``train_steps = 50000``, ``batch_sampling = "with_replacement"``, ``checkpoint_metric =
    "val_loss"``). Epochs remain an alternative unit (``epochs``: that many passes' worth of steps,
@@ -24,12 +27,15 @@ At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one 
    default: a fit measured in steps runs its steps.
 
 The fit advances one *round* (``val_every`` optimiser steps and one validation) per iteration, so a
-run checkpoints and reports progress inside a long fit.
+run checkpoints and reports progress inside a long fit. Each refit may have settings of its own
+(:meth:`RefinementConfig.for_refit`): the authors' humanoid recipes change epochs, warm starts,
+pairwise weights, data sizes and the handoff from one refit to the next.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
@@ -44,6 +50,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from gorl.decoders.base import DecoderModule
 from gorl.distributed import min_over_ranks
 from gorl.errors import ConfigError
+from gorl.networks import stage_item
 from gorl.policy import on_env_device
 
 # (loss) -> None: backward + step with the system's decoder optimiser.
@@ -51,69 +58,118 @@ StepFn = Callable[[torch.Tensor], None]
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 Metric = Literal["val_loss", "val_endpoint_mse"]
 CollectFrom = Literal["reset", "training_envs"]
+Handoff = Literal["best", "final"]
+ObsStatsMode = Literal["refit", "cumulative", "frozen", "legacy_new_batch"]
+SplitUnit = Literal["episode", "transition"]
+BatchSampling = Literal["with_replacement", "epoch_permutation"]
+#: The settings that may differ per refit (a list, indexed by the stage the refit ends; see
+#: :meth:`RefinementConfig.for_refit`).
+PER_REFIT = ("episodes", "steps", "epochs", "warm_start", "pairwise_weight", "decoder_obs_stats", "handoff", "min_data_return")
 
 
 @dataclass
 class RefinementConfig:
     """How each decoder refinement collects data and fits.
 
+    Settings marked *per refit* take one value for every refit or a list indexed by the stage the
+    refit ends: entry 0 is the refit after stage 0 (whose data the Gaussian stage 0, the authors'
+    humanoid "teacher", gives), entry k the refit after stage k; the last entry holds for later
+    refits (:meth:`for_refit`). The authors' humanoid recipes vary them per decoder stage
+    (``resolve_stage_settings`` in ``src/gorl/config.py`` at bennidict23/GoRL@8a0209c).
+
     Attributes:
         transitions: env frames of data collected per refinement (the authors: ~4,096 episodes of
             1000 steps, about 4.1M frames); with ``collect_from: reset``, whole episodes until at
             least this many frames.
-        episodes: if set, collect this many episodes instead (``training_envs``: until this many
-            have *finished*; the frames it took are still counted); ``transitions`` is then ignored.
-        collect_from: where the data comes from. ``reset`` (default): complete episodes of the best
-            encoder from env reset, ``collect_envs`` at a time on an env of their own, the authors'
-            ``collect_dataset`` (``src/gorl/algorithms/collection.py`` at bennidict23/GoRL@8a0209c:
-            ``auto_reset=False``, 64 envs at a time, episodes of at most 1,000 steps).
-            ``training_envs``: keep stepping the running training envs (the data then starts
-            mid-episode, keeps partial first and last episodes, and its first states were reached
-            by the last-trained encoder, not the best one).
+        episodes: (per refit) if set, collect this many episodes instead (``training_envs``: until
+            this many have *finished*; the frames it took are still counted); ``transitions`` is
+            then ignored.
+        collect_from: where the data comes from. ``reset`` (default): complete episodes of the
+            handoff encoder from env reset, ``collect_envs`` at a time on an env of their own, the
+            authors' ``collect_dataset`` (``src/gorl/algorithms/collection.py`` at
+            bennidict23/GoRL@8a0209c: ``auto_reset=False``, 64 envs at a time, episodes of at most
+            1,000 steps). ``training_envs``: keep stepping the running training envs (the data then
+            starts mid-episode, keeps partial first and last episodes, and its first states were
+            reached by the last-trained encoder, not the handoff one).
         collect_envs: env copies stepped together by ``reset`` collection (theirs: 64).
         max_episode_steps: step cap of a collected episode (``reset``; theirs: ``episode_length``,
             1,000).
-        val_fraction: fraction of *episodes* held out for validation.
-        steps: optimiser steps per fit (the authors' flow recipe: 50,000). ``null`` to count in
-            ``epochs`` instead; exactly one of the two is set.
-        epochs: the alternative unit: ``epochs * max(1, train size // batch_size)`` steps (the
-            authors' ``train_steps_from_epochs``).
+        handoff: (per refit) which agent of the finished stage gives the refit's data and the next
+            stage's warm start: ``best`` (the stage's best-evaluated encoder, the authors' dm_control
+            pipeline and most humanoid cells) or ``final`` (the encoder as the stage ended: their
+            humanoid teacher always, ``decoder_data_selection = "final"``, and HumanoidRun
+            diffusion's ``encoder_handoff = "final"``; ``src/gorl/humanoid/pipeline.py``).
+        min_data_return: (per refit) the data's quality gate: if the mean return of the collected
+            episodes is below this, the run stops with one clear line before fitting (the
+            authors' ``teacher_dataset_min_return_mean``, HumanoidStand 60, HumanoidRun 15, for
+            the first refit). ``null`` = no gate. Needs ``collect_from: reset`` (whole episodes).
+        val_fraction: fraction of *episodes* (or transitions, ``split_unit``) held out for
+            validation.
+        split_unit: what the validation split holds out: whole ``episode``\ s (default) or single
+            ``transition``\ s (the authors' humanoid recipes, ``split_unit = "transition"``).
+        steps: (per refit) optimiser steps per fit (the authors' flow recipe: 50,000). ``null`` to
+            count in ``epochs`` instead; exactly one of the two is set for every refit.
+        epochs: (per refit) the alternative unit: ``epochs * max(1, train size // batch_size)``
+            steps (the authors' ``train_steps_from_epochs``).
+        batch_sampling: ``with_replacement`` (default, the authors' dm_control recipes) or
+            ``epoch_permutation``: each epoch's batches are one permutation of the training pairs
+            without replacement, the remainder under a batch dropped (their humanoid recipes).
         val_every: optimiser steps between validations (theirs: 100); in epoch mode, ``null``
             validates once per epoch.
         patience: validations without improvement before stopping early; ``null`` (default) = off.
-        batch_size: minibatch size; batches are drawn with replacement.
+        batch_size: minibatch size.
         val_samples: validation pairs scored per validation, evenly spaced (theirs: 8 x 8192;
             ``null`` = all).
         target_clip: pre-tanh action targets are clipped to ``+-target_clip`` (theirs: 3.0;
             ``null`` = no clip, their HopperStand flow recipe).
-        pairwise_weight: weight of the pairwise term ``|decode(s, z_rollout) - a|^2`` (their
-            diffusion recipe: 1e-3; 0 = off, the rollout latent is then never kept).
+        pairwise_weight: (per refit) weight of the pairwise term ``|decode(s, z_rollout) - a|^2``
+            (their diffusion recipe: 1e-3; 0 = off, the rollout latent is then never kept).
         checkpoint_metric: what picks the kept weights: ``val_loss`` (the generative loss) or
             ``val_endpoint_mse`` (their FingerSpin / FishSwim flow recipes; see
             :func:`endpoint_mse`).
         top_q: keep only this fraction of episodes, ranked by return (``null`` = keep all).
-        warm_start: start from the current decoder instead of a fresh one.
+        warm_start: (per refit) start from the acting decoder instead of a fresh one (never for the
+            first refit, whose acting decoder is the identity).
+        decoder_obs_stats: (per refit) the decoder's observation statistics on a *warm* fit:
+            ``refit`` (default) recomputes them from the new training data, as a fresh fit does;
+            the authors' humanoid modes (``warm_observation_stats_mode``) carry them over:
+            ``cumulative`` merges the new data into the previous moments, ``frozen`` keeps the
+            previous ones, ``legacy_new_batch`` keeps the previous count and mean but only the new
+            data's squared deviations (their ``ObservationStats.update_float32_legacy_new_batch``,
+            ``src/gorl/algorithms/decoder_training.py``). A fresh fit always recomputes.
     """
 
     transitions: int = 4_096_000
-    episodes: int | None = None
+    episodes: int | list[int] | None = None
     collect_from: CollectFrom = "reset"
     collect_envs: int = 64
     max_episode_steps: int = 1000
+    handoff: Handoff | list[Handoff] = "best"
+    min_data_return: float | list[float | None] | None = None
     val_fraction: float = 0.1
-    steps: int | None = 50_000
-    epochs: int | None = None
+    split_unit: SplitUnit = "episode"
+    steps: int | list[int | None] | None = 50_000
+    epochs: int | list[int | None] | None = None
+    batch_sampling: BatchSampling = "with_replacement"
     val_every: int | None = 100
     patience: int | None = None
     batch_size: int = 8192
     val_samples: int | None = 65_536
     target_clip: float | None = 3.0
-    pairwise_weight: float = 0.0
+    pairwise_weight: float | list[float] = 0.0
     checkpoint_metric: Metric = "val_loss"
     top_q: float | None = None
-    warm_start: bool = False
+    warm_start: bool | list[bool] = False
+    decoder_obs_stats: ObsStatsMode | list[ObsStatsMode] = "refit"
 
     def __post_init__(self) -> None:
+        lists = [len(getattr(self, name)) for name in PER_REFIT if isinstance(getattr(self, name), (list, tuple))]
+        if lists:  # check what every refit resolves to; the scalar checks below then run once per refit
+            if min(lists) == 0:
+                raise ConfigError(f"refinement: a per-refit list needs at least one entry ({', '.join(PER_REFIT)})")
+            for stage in range(max(lists)):
+                self.for_refit(stage)
+            return
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"refinement.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.top_q is not None and not 0.0 < self.top_q <= 1.0:
@@ -140,6 +196,17 @@ class RefinementConfig:
             raise ConfigError(f"refinement.pairwise_weight must be >= 0, got {self.pairwise_weight}")
         if self.checkpoint_metric not in ("val_loss", "val_endpoint_mse"):
             raise ConfigError(f"refinement.checkpoint_metric must be val_loss or val_endpoint_mse, got {self.checkpoint_metric!r}")
+        choices = {"handoff": Handoff, "decoder_obs_stats": ObsStatsMode, "split_unit": SplitUnit, "batch_sampling": BatchSampling}
+        for name, kind in choices.items():
+            if getattr(self, name) not in kind.__args__:
+                raise ConfigError(f"refinement.{name} must be one of {', '.join(kind.__args__)}, got {getattr(self, name)!r}")
+        if self.min_data_return is not None and self.collect_from != "reset":
+            raise ConfigError("refinement.min_data_return needs collect_from: reset (the gate scores whole episodes)")
+
+    def for_refit(self, stage: int) -> RefinementConfig:
+        """The settings of the refit that ends ``stage``: every per-refit list resolved to its entry
+        (checked as a whole config)."""
+        return dataclasses.replace(self, **{name: stage_item(getattr(self, name), stage) for name in PER_REFIT})
 
     @property
     def keeps_latent(self) -> bool:
@@ -160,9 +227,10 @@ class RefinementConfig:
 
 
 def decoder_pairs(rollout: TensorDictBase, keep_latent: bool = False) -> TensorDict:
-    """The view of a rollout a decoder is trained on: observation and pre-tanh action.
+    """The view of a rollout a decoder is trained on: observation and pre-tanh action (the
+    decoder's output; under ``action_semantics: bounded`` the unclipped action).
 
-    The rollout's ``latent`` is carried over only with ``keep_latent`` (the pairwise term).
+    The latent the decoder was given is carried over only with ``keep_latent`` (the pairwise term).
     """
     flat = rollout.reshape(-1)
     entries = {
@@ -172,8 +240,13 @@ def decoder_pairs(rollout: TensorDictBase, keep_latent: bool = False) -> TensorD
         "reward": flat["next", "reward"].reshape(-1),
     }
     if keep_latent:
-        entries["latent"] = flat["latent"]
+        entries["latent"] = _decoded_latent(flat)
     return TensorDict(entries, batch_size=flat.shape)
+
+
+def _decoded_latent(rollout: TensorDictBase) -> torch.Tensor:
+    """The latent the decoder was given: ``squashed_latent`` under bounded action semantics."""
+    return rollout["squashed_latent"] if "squashed_latent" in rollout.keys() else rollout["latent"]
 
 
 def collect(batches: Iterator[TensorDictBase], frames: int, episodes: int | None = None, keep_latent: bool = False) -> tuple[TensorDict, int]:
@@ -227,7 +300,7 @@ def collect_from_reset(env: EnvBase, policy: TensorDictModuleBase, max_steps: in
             "reward": rollout["next", "reward"].reshape(rollout.shape)[valid],
         }
         if keep_latent:
-            entries["latent"] = rollout["latent"][valid]
+            entries["latent"] = _decoded_latent(rollout)[valid]
         parts.append(TensorDict(entries, batch_size=[int(valid.sum())], device=device))
         kept_episodes += keep
         kept_frames += int(valid.sum())
@@ -267,6 +340,31 @@ def split_by_episode(data: TensorDict, val_fraction: float, generator: torch.Gen
     return data[~mask], data[mask]
 
 
+def split_by_transition(data: TensorDict, val_fraction: float, generator: torch.Generator) -> tuple[TensorDict, TensorDict]:
+    """Train/validation split of single transitions (``split_unit: transition``, the authors'
+    humanoid recipes): neighbouring steps of one episode can land on both sides, so validation
+    measures fit to the behaviour's states rather than to unseen episodes."""
+    n_val = max(1, int(round(len(data) * val_fraction)))
+    is_val = torch.zeros(len(data), dtype=torch.bool)
+    is_val[torch.randperm(len(data), generator=generator)[:n_val]] = True  # on the CPU: the same split on any device
+    is_val = is_val.to(data.device)
+    return data[~is_val], data[is_val]
+
+
+def split(data: TensorDict, cfg: RefinementConfig, generator: torch.Generator) -> tuple[TensorDict, TensorDict]:
+    """The split ``cfg.split_unit`` asks for."""
+    if cfg.split_unit == "transition":
+        return split_by_transition(data, cfg.val_fraction, generator)
+    return split_by_episode(data, cfg.val_fraction, generator)
+
+
+def data_return_mean(data: TensorDict) -> float:
+    """Mean return of the episodes in ``data`` (summed rewards per episode id)."""
+    ids, inverse = torch.unique(data["episode"], return_inverse=True)
+    returns = torch.zeros(len(ids), dtype=torch.float64, device=ids.device).index_add_(0, inverse, data["reward"].double())
+    return float(returns.mean())
+
+
 def pairwise_loss(decoder: DecoderModule, obs: torch.Tensor, latent: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """``|decode(s, z_rollout) - a|^2`` summed over action dims, through the whole sampler."""
     return (decoder.decode(obs, latent).float() - action.float()).pow(2).sum(-1).mean()
@@ -275,12 +373,13 @@ def pairwise_loss(decoder: DecoderModule, obs: torch.Tensor, latent: torch.Tenso
 class DecoderFit:
     """A fit of a fixed number of optimiser steps in rounds; its state survives checkpoints.
 
-    Each :meth:`step` runs one round (``round_steps`` optimiser steps on batches drawn with
-    replacement, then a validation) and keeps the best-validation weights.
+    Each :meth:`step` runs one round (``round_steps`` optimiser steps on batches drawn as
+    ``batch_sampling`` says, then a validation) and keeps the best-validation weights. ``seed``
+    draws the epoch permutations of ``epoch_permutation``.
     """
 
-    def __init__(self, cfg: RefinementConfig, train: TensorDict, val: TensorDict) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: RefinementConfig, train: TensorDict, val: TensorDict, seed: int = 0) -> None:
+        self.cfg, self.seed = cfg, seed
         keys = ("observation", "action", "latent") if cfg.keeps_latent else ("observation", "action")
         self.train = train.select(*keys)
         self.val = val.select(*keys)
@@ -292,6 +391,22 @@ class DecoderFit:
         self.bad_rounds = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.done = False
+        self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation), a cache
+
+    def batch_indices(self, step: int, n: int, bs: int, device: torch.device) -> torch.Tensor:
+        """Rows of optimiser step ``step``. ``with_replacement``: ``bs`` uniform draws.
+        ``epoch_permutation``: slice ``step % per_epoch`` of epoch ``step // per_epoch``'s permutation,
+        which is drawn from ``(seed, epoch)`` alone, so a resumed fit draws what an uninterrupted one
+        would (their ``_iter_training_batch_indices``: ``n // batch`` batches per epoch, the rest
+        dropped)."""
+        if self.cfg.batch_sampling == "with_replacement":
+            return torch.randint(0, n, (bs,), device=device)  # drawn where it is used: no copy per step
+        per_epoch = max(1, n // bs)
+        epoch, batch = divmod(step, per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(n, generator=gen).to(device))
+        return self._perm[1][batch * bs : (batch + 1) * bs]
 
     def validate(self, decoder: DecoderModule, reduce: ReduceFn = lambda x: x) -> dict[str, float]:
         """Score the decoder as it is now and keep it if it is the best so far."""
@@ -329,10 +444,10 @@ class DecoderFit:
         # GPU spends on the step itself.
         obs_all, act_all = self.train["observation"], self.train["action"]
         latent_all = self.train["latent"] if cfg.pairwise_weight > 0 else None
-        for _ in range(todo):
-            idx = torch.randint(0, n, (bs,), device=decoder.device)  # drawn where it is used: no copy per step
+        for i in range(todo):
+            idx = self.batch_indices(self.steps + i, n, bs, decoder.device)
             obs, action = obs_all[idx], act_all[idx]
-            loss = decoder.loss(obs, action)
+            loss = decoder.training_loss(obs, action)
             total += loss.detach().float()
             if latent_all is not None:
                 pair = pairwise_loss(decoder, obs, latent_all[idx], action)
@@ -356,13 +471,14 @@ class DecoderFit:
             **{key: getattr(self, key) for key in self._counters},
         }
 
-    _counters = ("steps", "rounds", "best_val", "best_step", "bad_rounds", "best_state", "done")
+    _counters = ("steps", "rounds", "best_val", "best_step", "bad_rounds", "best_state", "done", "seed")
 
     @classmethod
     def from_state_dict(cls, cfg: RefinementConfig, state: dict) -> "DecoderFit":
         fit = cls(cfg, TensorDict(state["train"], batch_size=[]).auto_batch_size_(1), TensorDict(state["val"], batch_size=[]).auto_batch_size_(1))
         for key in cls._counters:
-            setattr(fit, key, state[key])
+            if key in state:  # "seed" is newer than some checkpoints; their fits drew with replacement
+                setattr(fit, key, state[key])
         return fit
 
 

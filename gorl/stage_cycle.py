@@ -13,21 +13,25 @@ from ``_run_dm_control_gorl`` in ``src/gorl/pipeline.py`` at bennidict23/GoRL@8a
 Everything in that cycle lives in this file, in the order it runs (:class:`StageCycle`):
 
 1. **Encoder phase** (:meth:`StageCycle.encoder_iteration`): rollouts through the frozen acting
-   decoder and one update of the latent encoder per iteration; deterministic evaluations on the
-   schedule of :class:`~gorl.loop.LoopConfig`.
+   decoder and one update of the latent encoder per iteration; evaluations (deterministic unless
+   ``loop.eval_deterministic: false``) on the schedule of :class:`~gorl.loop.LoopConfig`.
 2. **The stage's best encoder** (:meth:`StageCycle.evaluate`): every evaluation whose mean return
    beats all earlier ones of the stage, the stage-start one included, snapshots the encoder, as the
    authors' ``train_stage`` keeps its ``best_agent`` (``src/gorl/algorithms/dm_control_training.py``
-   at 8a0209c). The phase's last evaluation is the stage's *final* return; the best encoder is
-   restored when the phase ends (:meth:`StageCycle.end_encoder_phase`), because the decoder's data
-   is collected with it (their ``collect_dataset(agent=previous_output.best_agent, ...)``).
+   at 8a0209c). The phase's last evaluation is the stage's *final* return. When the phase ends
+   (:meth:`StageCycle.end_encoder_phase`) the encoder becomes the stage's **handoff** agent, which
+   collects the decoder's data and seeds a warm reset: the best one, restored (their dm_control
+   ``collect_dataset(agent=previous_output.best_agent, ...)``), or with ``refinement.handoff:
+   final`` the encoder as it ended (their humanoid teacher, ``src/gorl/humanoid/pipeline.py``).
 3. **Decoder refit** (:meth:`StageCycle.decoder_iteration`): collect ``(observation, pre-tanh
-   action)`` pairs with the best encoder, keep the top-q episodes (optional), clip the targets, split
-   by episode, start a fresh (or warm) decoder and fit it in rounds, one round per iteration, so a
-   run checkpoints inside a long fit. The pieces are :mod:`gorl.refinement`'s.
+   action)`` pairs with the handoff encoder, check the data's mean return against the quality gate
+   (optional), keep the top-q episodes (optional), clip the targets, split by episode (or
+   transition), start a fresh (or warm) decoder and fit it in rounds, one round per iteration, so a
+   run checkpoints inside a long fit. Each refit may have settings of its own
+   (:meth:`~gorl.refinement.RefinementConfig.for_refit`). The pieces are :mod:`gorl.refinement`'s.
 4. **Install and reset** (:meth:`StageCycle.begin_stage`): the fit's best-validation weights become
-   the acting decoder, the encoder is reset as configured (fresh, warm or warm value, from the best
-   snapshot: their ``initialize_agent``), and the new stage is **evaluated before any encoder
+   the acting decoder, the encoder is reset as configured (fresh, warm or warm value, from the
+   handoff agent: their ``initialize_agent``), and the new stage is **evaluated before any encoder
    update**. The drop from the previous stage's best and final returns is logged
    (``stage/drop_from_best``, ``stage/drop_from_final``; theirs: ``_stage_stability``'s
    ``transition_drop_from_previous_final`` in ``src/gorl/pipeline.py``).
@@ -57,9 +61,9 @@ from torchrl.envs import EnvBase
 from gorl.decoders import DecoderModule
 from gorl.distributed import broadcast_module_
 from gorl.encoders import LatentEncoder
-from gorl.errors import CheckpointError, NonFiniteError
+from gorl.errors import CheckpointError, ConfigError, DataQualityError, NonFiniteError
 from gorl.loop import LoopConfig, authors_eval_updates
-from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, split_by_episode, top_q_episodes
+from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, data_return_mean, split, top_q_episodes
 
 Phase = Literal["encoder", "decoder", "done"]
 Which = Literal["encoder", "decoder"]
@@ -68,13 +72,15 @@ Which = Literal["encoder", "decoder"]
 # --- the record of one stage -------------------------------------------------------------------
 @dataclass
 class StageRecord:
-    """What one stage did. Returns are deterministic evaluation returns; ``None`` = not measured.
+    """What one stage did. Returns are evaluation returns (deterministic unless
+    ``loop.eval_deterministic: false``); ``None`` = not measured.
 
     ``initial`` is the return before the stage's first encoder update (stage >= 1, and stage 0 under
     the authors' evaluation schedule). ``drop_from_best`` / ``drop_from_final`` are the previous
     stage's best / final return minus this stage's initial one: a positive drop is return lost at
-    the boundary. ``fit_steps``, ``best_val_loss``, ``decoder_data`` and ``fit_seconds`` describe
-    the refit that *ends* this stage (the decoder the next stage acts with).
+    the boundary. ``fit_steps``, ``best_val_loss``, ``decoder_data`` (env frames collected),
+    ``data_return`` (the data's mean episode return) and ``fit_seconds`` describe the refit that
+    *ends* this stage (the decoder the next stage acts with).
     """
 
     stage: int
@@ -85,6 +91,7 @@ class StageRecord:
     fit_steps: int = 0
     best_val_loss: float | None = None
     decoder_data: int = 0
+    data_return: float | None = None
     fit_seconds: float = 0.0
     drop_from_best: float | None = None
     drop_from_final: float | None = None
@@ -111,7 +118,7 @@ class LoopState:
     stage_updates: int = 0  # encoder updates in the current stage
     collect_frames: int = 0  # frames spent collecting decoder datasets
     last_eval_frames: int = -1
-    best_return: float = float("-inf")  # best deterministic eval return of this stage
+    best_return: float = float("-inf")  # best eval return of this stage
     iteration: int = 0
     history: list[StageRecord] = field(default_factory=list)  # one record per stage
 
@@ -166,6 +173,17 @@ class LoopState:
         self.best_return = float("-inf")
 
 
+# --- the decoders ------------------------------------------------------------------------------------
+@dataclass
+class DecoderSlot:
+    """One decoder type of the cycle: the copy that acts (frozen), the copy being fitted, and a
+    factory of freshly initialised ones (a fit's starting point)."""
+
+    acting: DecoderModule
+    trainee: DecoderModule
+    new: Callable[[], DecoderModule]
+
+
 # --- what the cycle needs from the module that runs it -------------------------------------------
 class StageHost(Protocol):
     """The cycle's view of the Lightning module that runs it (:class:`gorl.system.GoRLSystem`):
@@ -211,7 +229,7 @@ class StageHost(Protocol):
         ...
 
     def evaluate_returns(self) -> tuple[float, float]:
-        """One deterministic evaluation of the acting policy: (mean return over every process's
+        """One evaluation of the acting policy (``loop.eval_deterministic`` says how): (mean return over every process's
         episodes, std of this process's)."""
         ...
 
@@ -241,13 +259,20 @@ class StageCycle:
         loop: the stage plan and evaluation cadence.
         refinement: how each refit collects and fits.
         seed: base seed (the train/validation split of stage ``k`` draws from ``seed + k``).
+        first: another decoder type for the *first* refit only (on stage 0's data; it then acts in
+            stage 1): the authors' diffusion HumanoidStand fits an FM decoder on its teacher's data
+            and diffusion decoders after (``[method_overrides.gorl_diffusion.decoder.stage0] type =
+            "fm"``, ``configs/tasks/HumanoidStand.toml`` at bennidict23/GoRL@8a0209c). ``None``: one
+            type throughout.
     """
 
     def __init__(self, host: StageHost, encoder: LatentEncoder, decoder: DecoderModule, trainee: DecoderModule,
                  new_decoder: Callable[[], DecoderModule], policy: TensorDictModuleBase, loop: LoopConfig,
-                 refinement: RefinementConfig, seed: int) -> None:
+                 refinement: RefinementConfig, seed: int, first: DecoderSlot | None = None) -> None:
         self.host, self.encoder, self.decoder, self.trainee = host, encoder, decoder, trainee
         self.new_decoder, self.policy = new_decoder, policy
+        self.main = DecoderSlot(decoder, trainee, new_decoder)
+        self.first = first
         self.loop_cfg, self.refine_cfg, self.seed = loop, refinement, seed
         self.state = LoopState()
         self.best_encoder: dict[str, torch.Tensor] | None = None  # snapshot of the stage's best so far
@@ -328,13 +353,15 @@ class StageCycle:
         return False
 
     def end_encoder_phase(self) -> None:
-        """Close the encoder phase that has just had its last evaluation; restore its best encoder
-        if a refit follows (the decoder's data is collected with it)."""
+        """Close the encoder phase that has just had its last evaluation. If a refit follows, the
+        encoder becomes the stage's *handoff* agent, which collects the decoder's data and seeds a
+        warm reset: its best one, restored (``refinement.handoff: best``), or the final one it
+        already is (``final``)."""
         st = self.state
         rec = self.record()
         rec.best, rec.final, rec.frames = st.best_return, self.last_eval_return, st.stage_frames
         nxt = st.end_encoder_phase(self.loop_cfg)
-        if nxt == "decoder" and self.best_encoder is not None:
+        if nxt == "decoder" and self.best_encoder is not None and self.refit_cfg().handoff == "best":
             self.encoder.restore(self.best_encoder)
         rank_zero_info(
             f"[gorl] stage {st.stage} encoder phase done at {st.frames:,} frames: final eval return {rec.final:.1f}, "
@@ -342,6 +369,22 @@ class StageCycle:
         )
 
     # --- 3. the decoder refit ------------------------------------------------------------------------
+    def refit_cfg(self, stage: int | None = None) -> RefinementConfig:
+        """The settings of the refit that ends ``stage`` (default: the current one)."""
+        return self.refine_cfg.for_refit(self.state.stage if stage is None else stage)
+
+    def slot(self, stage: int | None = None) -> DecoderSlot:
+        """The decoder type fitted by the refit that ends ``stage`` (default: the current one), and
+        so acting in ``stage + 1``."""
+        stage = self.state.stage if stage is None else stage
+        return self.first if (stage == 0 and self.first is not None) else self.main
+
+    def acting_decoder(self, stage: int | None = None) -> DecoderModule | None:
+        """The fitted decoder acting in ``stage`` (default: the current one); ``None`` in stage 0,
+        where the host acts through the identity."""
+        stage = self.state.stage if stage is None else stage
+        return None if stage == 0 else self.slot(stage - 1).acting
+
     def decoder_iteration(self) -> None:
         """The refit's first iteration collects and prepares the data; every later one is one
         round of the fit; the round that finishes it starts the next stage."""
@@ -351,8 +394,8 @@ class StageCycle:
             self.fit = self.start_fit(self.collect_decoder_data())
             rec.fit_seconds += time.perf_counter() - t0
             return
-        fit, rc = self.fit, self.refine_cfg
-        metrics = fit.step(self.trainee, lambda loss: self.host.optimize("decoder", loss), reduce=self.host.reduce_mean)
+        fit, rc = self.fit, self.fit.cfg
+        metrics = fit.step(self.slot().trainee, lambda loss: self.host.optimize("decoder", loss), reduce=self.host.reduce_mean)
         self.host.check_finite()
         rec.fit_seconds += time.perf_counter() - t0
         self.host.record_metrics({f"decoder/{k}": v for k, v in metrics.items()})
@@ -366,12 +409,13 @@ class StageCycle:
             self.begin_stage(fit)
 
     def collect_decoder_data(self) -> TensorDict:
-        """Pairs from the stage's best encoder (restored and frozen), top-q filtered and clipped.
+        """Pairs from the stage's handoff encoder (frozen), checked against the quality gate, top-q
+        filtered and clipped.
 
         ``collect_from: reset``: complete episodes from env reset on an env of their own, the
         authors' ``collect_dataset`` (``src/gorl/algorithms/collection.py`` at 8a0209c);
         ``training_envs``: keep stepping the training envs. Each process collects its share."""
-        st, rc, host = self.state, self.refine_cfg, self.host
+        st, rc, host = self.state, self.refit_cfg(), self.host
         per_rank = lambda n: None if n is None else math.ceil(n / host.world_size)  # noqa: E731
         if rc.collect_from == "reset":
             data, frames = collect_from_reset(host.refit_env(st.stage), self.policy, rc.max_episode_steps, per_rank(rc.episodes),
@@ -380,27 +424,67 @@ class StageCycle:
         else:
             data, frames = collect(iter(host.training_env_batch, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
         st.collect_frames += frames * host.world_size
-        self.record().decoder_data = frames * host.world_size
+        rec = self.record()
+        rec.decoder_data = frames * host.world_size
+        if rc.collect_from == "reset":  # whole episodes: their mean return is the data's quality
+            rec.data_return = float(host.reduce_mean(torch.tensor(data_return_mean(data), device=data.device)))
+            host.record_metrics({"decoder/data_return_mean": rec.data_return})
+            rank_zero_info(f"[gorl] stage {st.stage}: refit data from its {rc.handoff} encoder, mean episode return {rec.data_return:.1f}")
+            self.check_data_quality(rec.data_return, rc)
         if rc.top_q is not None:
             data = top_q_episodes(data, rc.top_q)
         return clip_targets(data, rc.target_clip)
 
+    def check_data_quality(self, data_return: float, rc: RefinementConfig) -> None:
+        """The quality gate (``refinement.min_data_return``): refuse to fit a decoder on data whose
+        mean episode return is below the threshold, as the authors' humanoid pipeline refuses a
+        weak teacher (``teacher_dataset_min_return_mean``, ``src/gorl/humanoid/pipeline.py``). The
+        encoder phase that made the data is already checkpointed (a phase change writes one)."""
+        if rc.min_data_return is not None and not data_return >= rc.min_data_return:
+            raise DataQualityError(
+                f"stage {self.state.stage}'s refit data has mean episode return {data_return:.1f}, below "
+                f"refinement.min_data_return {rc.min_data_return:g}: the run stops before fitting. The run's "
+                f"checkpoints/last.ckpt holds the finished stage: pass it to --ckpt_path with a lower (or null) "
+                f"refinement.min_data_return to go on")
+
     def start_fit(self, data: TensorDict) -> DecoderFit:
-        """Split ``data`` by episode and start the trainee from a fresh decoder (or, with
-        ``warm_start``, the acting one), with fresh optimiser moments."""
-        st, rc = self.state, self.refine_cfg
+        """Split ``data`` and start the trainee from a fresh decoder (or, with ``warm_start``, the
+        acting one, whose observation statistics ``decoder_obs_stats`` may carry over), with fresh
+        optimiser moments."""
+        st, rc, slot = self.state, self.refit_cfg(), self.slot()
         gen = torch.Generator().manual_seed(self.seed + st.stage)
-        train, val = split_by_episode(data, rc.val_fraction, gen)
-        init = self.decoder if (rc.warm_start and st.stage > 0) else self.new_decoder()
-        self.trainee.load_state_dict(init.state_dict())
-        broadcast_module_(self.trainee)  # a fresh init draws rank-local random numbers
-        self.trainee.fit_obs_statistics(train["observation"].to(self.trainee.device))
+        train, val = split(data, rc, gen)
+        warm = rc.warm_start and st.stage > 0  # the first refit's acting decoder is the identity
+        source = self.acting_decoder() if warm else slot.new()
+        if type(source) is not type(slot.trainee):
+            raise ConfigError(f"stage {st.stage}'s refit cannot warm-start a {type(slot.trainee).__name__} from the acting "
+                              f"{type(source).__name__}: set refinement.warm_start false for it")
+        slot.trainee.load_state_dict(source.state_dict())
+        broadcast_module_(slot.trainee)  # a fresh init draws rank-local random numbers
+        self.set_decoder_obs_statistics(train["observation"].to(slot.trainee.device), rc.decoder_obs_stats if warm else "refit")
         self.host.optimizer("decoder").state.clear()
-        fit = DecoderFit(rc, train, val)
+        fit = DecoderFit(rc, train, val, seed=self.seed + st.stage)
         self.host.record_metrics({"decoder/dataset_size": len(data)})
-        rank_zero_info(f"[gorl] stage {st.stage}: refining the decoder on {len(train):,} train / {len(val):,} val pairs "
-                       f"for {fit.total_steps:,} steps")
+        rank_zero_info(f"[gorl] stage {st.stage}: refining {'a warm' if warm else 'a fresh'} {type(slot.trainee).__name__} on {len(train):,} train / "
+                       f"{len(val):,} val pairs for {fit.total_steps:,} steps")
         return fit
+
+    def set_decoder_obs_statistics(self, obs: torch.Tensor, mode: str) -> None:
+        """The trainee's observation statistics for the fit (``refinement.decoder_obs_stats``):
+        ``refit`` from ``obs`` alone; on a warm start ``cumulative`` merges ``obs`` into the acting
+        decoder's, ``frozen`` keeps them, ``legacy_new_batch`` merges the mean but keeps only
+        ``obs``'s squared deviations (:meth:`gorl.networks.RunningNorm.update`'s ``batch_only_var``
+        is that update)."""
+        trainee = self.slot().trainee
+        norm = trainee.obs_norm
+        if mode == "refit":
+            trainee.fit_obs_statistics(obs)
+        elif mode == "cumulative":
+            norm.update(obs)
+        elif mode == "legacy_new_batch":
+            norm.update(obs, batch_only_var=True)
+        elif mode != "frozen":
+            raise ValueError(f"unknown decoder_obs_stats mode {mode!r}")
 
     # --- 4. install, reset, and the new stage's initial evaluation -----------------------------------
     def begin_stage(self, fit: DecoderFit) -> None:
@@ -430,15 +514,19 @@ class StageCycle:
 
     def install_decoder(self, fit: DecoderFit) -> None:
         """The fit's best-validation weights become the acting decoder (and the trainee's)."""
-        self.trainee.load_state_dict(fit.best_state)
-        self.decoder.load_state_dict(fit.best_state)
+        slot = self.slot()
+        slot.trainee.load_state_dict(fit.best_state)
+        slot.acting.load_state_dict(fit.best_state)
         rank_zero_info(f"[gorl] stage {self.state.stage} decoder fitted: {fit.steps:,} steps, best {self.refine_cfg.checkpoint_metric} "
                        f"{fit.best_val:.4f} at step {fit.best_step:,}")
 
     def reset_encoder(self) -> None:
-        """Reset the encoder for the next stage as its config says (from the finished stage's best
-        snapshot), tell it a latent now means something else, and drop the stale Adam moments."""
-        self.encoder.reset(self.best_encoder, self.state.stage + 1)
+        """Reset the encoder for the next stage as its config says (a warm start from the finished
+        stage's handoff agent: its best snapshot, or with ``handoff: final`` the encoder as the
+        stage ended, which it still is), tell it a latent now means something else, and drop the
+        stale Adam moments."""
+        handoff = self.best_encoder if self.refit_cfg().handoff == "best" else self.encoder.snapshot()
+        self.encoder.reset(handoff, self.state.stage + 1)
         self.encoder.on_decoder_change()
         broadcast_module_(self.encoder)
         self.host.optimizer("encoder").state.clear()
@@ -459,10 +547,10 @@ class StageCycle:
             st.phase = "decoder"
             self._restore_best_at_start = True
         self.best_encoder = saved["best_encoder"]
-        self.fit = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refine_cfg, saved["fit"])
+        self.fit = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refit_cfg(), saved["fit"])
 
     def on_train_start(self) -> None:
-        if self._restore_best_at_start and self.best_encoder is not None:
+        if self._restore_best_at_start and self.best_encoder is not None and self.refit_cfg().handoff == "best":
             self.encoder.restore(self.best_encoder)
             self._restore_best_at_start = False
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
@@ -40,11 +40,11 @@ from gorl.errors import CheckpointError, ConfigError, EnvWorkerError
 from gorl.evaluation import episode_returns, evaluate
 from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig
-from gorl.networks import ActionSquash, RunningNorm
+from gorl.networks import ActionSemantics, ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig
-from gorl.stage_cycle import LoopState, StageCycle, Which, check_observations, summary_table
+from gorl.stage_cycle import DecoderSlot, LoopState, StageCycle, Which, check_observations, summary_table
 
 EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
@@ -114,6 +114,18 @@ class GoRLSystem(pl.LightningModule):
         seed: base seed; env copy ``i`` of rank ``r`` gets ``seed + 10_000 r + i`` (linked to the
             CLI's ``seed_everything``).
         speed: GPU speed settings that change no maths (:class:`~gorl.acceleration.SpeedConfig`).
+        first_decoder: another decoder class for the first refit only, the one on stage 0's data
+            (it acts in stage 1); later refits fit ``decoder``. The authors' diffusion
+            HumanoidStand recipe fits an FM decoder first (:class:`~gorl.stage_cycle.StageCycle`'s
+            ``first``). ``null`` (default): ``decoder`` throughout.
+        action_semantics: how latents and decoded actions are bounded. ``squashed`` (default, the
+            authors' dm_control pipeline): a Gaussian latent, and ``tanh`` after the decoder, whose
+            targets are pre-tanh actions. ``bounded`` (their humanoid profile,
+            ``action_semantics = "bounded"`` with ``bounded_latent = true``): a tanh-normal latent in
+            (-1, 1) (:attr:`~gorl.encoders.LatentEncoder.bounded_latent`), and the decoded action
+            clipped to the box, not squashed, so the decoder's targets are env actions (set
+            ``refinement.target_clip: 1.0``, their ``target_clip``). Stage 0 is then Brax's
+            ``tanh_normal`` Gaussian policy: ``clip(tanh(u)) = tanh(u)``.
     """
 
     def __init__(
@@ -125,6 +137,8 @@ class GoRLSystem(pl.LightningModule):
         refinement: RefinementConfig | None = None,
         seed: int = 0,
         speed: SpeedConfig | None = None,
+        action_semantics: ActionSemantics = "squashed",
+        first_decoder: DecoderFactory | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -142,10 +156,27 @@ class GoRLSystem(pl.LightningModule):
         self.trainee = self._make_decoder(obs_dim, act_dim)  # being fitted during a refinement
         # The acting decoder is frozen (encoders like SAC backpropagate *through* it, never into it).
         self.decoder.requires_grad_(False)
+        first = None
+        if first_decoder is not None:  # the first refit's own type (acts in stage 1)
+            self.first_decoder, self.first_trainee = first_decoder(obs_dim, act_dim), first_decoder(obs_dim, act_dim)
+            self.first_decoder.requires_grad_(False)
+            first = DecoderSlot(self.first_decoder, self.first_trainee, partial(first_decoder, obs_dim, act_dim))
+            if len(self.loop_cfg.stages) > 2 and self.refine_cfg.for_refit(1).warm_start and type(self.first_decoder) is not type(self.decoder):
+                raise ConfigError(f"the refit after stage 1 cannot warm-start a {type(self.decoder).__name__} from the first refit's "
+                                  f"{type(self.first_decoder).__name__} (model.first_decoder): make its refinement.warm_start false")
+        else:
+            self.first_decoder = self.first_trainee = None
         if self.encoder.latent_dim != act_dim and len(self.loop_cfg.stages) >= 1:
             # Stage 0 decodes with the identity, which needs latent size == action size.
             raise ConfigError(f"encoder latent_dim ({self.encoder.latent_dim}) must equal the action dim ({act_dim}) for stage 0")
-        self.squash = ActionSquash(low, high)
+        if action_semantics not in ("squashed", "bounded"):
+            raise ConfigError(f"model.action_semantics must be squashed or bounded, got {action_semantics!r}")
+        if action_semantics == "bounded" and not self.encoder.supports_bounded_latent:
+            raise ConfigError(f"model.action_semantics: bounded needs a latent policy that can be tanh-bounded "
+                              f"(the PPO encoder); {type(self.encoder).__name__} cannot")
+        self.action_semantics = action_semantics
+        self.encoder.bounded_latent = action_semantics == "bounded"
+        self.squash = ActionSquash(low, high, action_semantics)
         self._ep_return: torch.Tensor | None = None
         self._finished = {"sum": None, "count": None}  # training episodes ended since the last row
         self._guard: FiniteGuard | None = None
@@ -159,7 +190,7 @@ class GoRLSystem(pl.LightningModule):
         # The algorithm: stage plan, encoder phases, refits, install and reset (a plain object, not a
         # submodule: the modules it drives are registered here, once).
         self.cycle = StageCycle(self, self.encoder, self.decoder, self.trainee, partial(self._make_decoder, obs_dim, act_dim),
-                                self.policy, self.loop_cfg, self.refine_cfg, self.seed)
+                                self.policy, self.loop_cfg, self.refine_cfg, self.seed, first=first)
 
     # --- the cycle's state, as callbacks and tools read it ---------------------------------------
     @property
@@ -195,7 +226,8 @@ class GoRLSystem(pl.LightningModule):
 
     # --- the policy -----------------------------------------------------------------------------
     def acting_decoder(self) -> DecoderModule:
-        return self.identity if self.loop_state.stage == 0 else self.decoder
+        fitted = self.cycle.acting_decoder()
+        return self.identity if fitted is None else fitted
 
     def _decode(self, obs: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         return self.acting_decoder().decode(obs, latent)
@@ -221,20 +253,34 @@ class GoRLSystem(pl.LightningModule):
         # the optimiser steps are then read once per update (gorl/optimization.py says why it is safe).
         self._guard = FiniteGuard() if self.device.type == "cuda" else None
         self._use_graphs()
+        if self.speed_cfg.compile:
+            self._compile_losses()
 
     def _use_graphs(self) -> None:
         """Replay the acting chain from CUDA graphs (gorl/acceleration.py) where it is safe to."""
-        decoders_safe = all(d.graph_safe for d in (self.identity, self.decoder))
+        decoders_safe = all(d.graph_safe for d in (self.identity, self.decoder, self.first_decoder) if d is not None)
         if self.device.type == "cuda" and self.speed_cfg.cuda_graphs and self.encoder.graph_safe_act and decoders_safe:
             self._norms = [m for m in self.modules() if isinstance(m, RunningNorm)]
             self.policy.graphed = GraphedChain(self.policy.chain, self._acting_state)
         else:
             self.policy.graphed = None
 
+    def _compile_losses(self) -> None:
+        """``model.speed.compile``: the encoder's minibatch loss and every decoder trainee's loss."""
+        compile_encoder = getattr(self.encoder, "compile_loss", None)
+        if compile_encoder is None:
+            rank_zero_warn(f"[gorl] model.speed.compile: {type(self.encoder).__name__} has no compiled loss; its updates run eagerly")
+        else:
+            compile_encoder(backend=self.speed_cfg.compile_backend)
+        for trainee in (self.trainee, self.first_trainee):
+            if trainee is not None and trainee.trainable:
+                trainee.compile_loss(backend=self.speed_cfg.compile_backend)
+
     def _acting_state(self) -> tuple:
-        """What decides the acting chain's Python path besides its input: which decoder acts, and
-        which observation normalisers have seen data."""
-        return (self.loop_state.stage == 0, tuple(n.empty for n in self._norms))
+        """What decides the acting chain's Python path besides its input: which decoder acts (the
+        identity, ``model.first_decoder`` in stage 1, the decoder), and which observation
+        normalisers have seen data."""
+        return (id(self.acting_decoder()), tuple(n.empty for n in self._norms))
 
     def _build_collector(self) -> Collector:
         frames = self.train_env.batch_size.numel() * self.encoder.rollout_steps
@@ -264,7 +310,13 @@ class GoRLSystem(pl.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         enc = self.encoder.configure_optimizers()
-        dec = self.trainee.configure_optimizers() if self.trainee.trainable else torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        trainees = [t for t in (self.trainee, self.first_trainee) if t is not None and t.trainable]
+        if not trainees:
+            dec = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        elif len(trainees) == 1:
+            dec = trainees[0].configure_optimizers()
+        else:  # one optimiser, a group per decoder type; a fit steps only its trainee's (the other has no gradients)
+            dec = torch.optim.Adam([{"params": list(t.parameters()), "lr": t.lr} for t in trainees], fused=True)
         return [enc, dec]
 
     def on_train_start(self) -> None:
@@ -281,7 +333,8 @@ class GoRLSystem(pl.LightningModule):
             f"final eval/return {last:.1f}"
         )
         if st.history:
-            rank_zero_info(f"[gorl] per stage ({self.env_cfg.eval_envs} deterministic eval episodes per evaluation):\n"
+            rank_zero_info(f"[gorl] per stage ({self.env_cfg.eval_envs} {'deterministic' if self.loop_cfg.eval_deterministic else 'stochastic'} "
+                           "eval episodes per evaluation):\n"
                            + summary_table(st.history))
 
     # --- one iteration ---------------------------------------------------------------------------
@@ -331,7 +384,7 @@ class GoRLSystem(pl.LightningModule):
         return self.trainer.strategy.reduce(value, reduce_op="mean")
 
     def evaluate_returns(self) -> tuple[float, float]:
-        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps)
+        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps, self.loop_cfg.eval_deterministic)
         mean = float(self.trainer.strategy.reduce(returns.mean().to(self.device), reduce_op="mean"))
         return mean, float(returns.std()) if returns.numel() > 1 else 0.0
 
@@ -472,13 +525,13 @@ class GoRLSystem(pl.LightningModule):
         return DataLoader(range(1), batch_size=None)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps).to(self.device)
+        returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps, self.loop_cfg.eval_deterministic).to(self.device)
         returns = self.all_gather(returns).reshape(-1)  # every rank's episodes
         mean = float(returns.mean())
         std = float(returns.std()) if returns.numel() > 1 else 0.0
         self.log_dict({"eval/return": mean, "eval/return_std": std, "eval/episodes": float(returns.numel())}, sync_dist=True, batch_size=1)
         st = self.loop_state
         self.print(
-            f"eval/return {mean:.4g} ± {std:.3g} over {returns.numel()} deterministic episodes "
+            f"eval/return {mean:.4g} ± {std:.3g} over {returns.numel()} {'deterministic' if self.loop_cfg.eval_deterministic else 'stochastic'} episodes "
             f"(stage {st.stage}, {st.frames:,} env frames, {self.env_cfg.task if self.env_cfg.factory is None else self.env_cfg.factory})"
         )

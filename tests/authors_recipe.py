@@ -124,30 +124,40 @@ HUMANOID_TRAINING = {  # [method_overrides.<method>.training]
     ("HumanoidRun", "gorl_fm"): {"encoder_handoff": "best", "stage0_encoder_initialization": "teacher_warm_start"},
     ("HumanoidRun", "gorl_diffusion"): {"encoder_handoff": "final", "stage0_encoder_initialization": "teacher_warm_start"},
 }
+HUMANOID_DECODER_PROFILE = {  # every humanoid fit: gorl_fm.toml fm:114-117, HumanoidStand.toml Stand:97-98, 107, 125, HumanoidRun.toml Run:71-73
+    "zero_final_layer": False, "split_unit": "transition", "batch_sampling": "epoch_permutation",
+}
 HUMANOID_DECODER = {  # resolved per decoder stage K (K = 0: the fit on the teacher's data)
     ("HumanoidStand", "gorl_fm"): {
-        "base": {"type": "fm", "hidden_sizes": [128] * 4, "early_stopping_patience": 20},
+        "base": {"type": "fm", "hidden_sizes": [128] * 4, "early_stopping_patience": 20, **HUMANOID_DECODER_PROFILE},
         "stage0": {"epochs": 100, "initialization": "fresh", "pairwise_loss_weight": 0.0},
         "later_stages": {"epochs": 20, "initialization": "warm"},
-        "stage1": {"pairwise_loss_weight": 0.1}, "stage2": {"pairwise_loss_weight": 100.0},
-        "stage3": {"pairwise_loss_weight": 100.0}},
+        "stage1": {"pairwise_loss_weight": 0.1, "warm_observation_stats_mode": "cumulative"},
+        "stage2": {"pairwise_loss_weight": 100.0, "warm_observation_stats_mode": "frozen"},
+        "stage3": {"pairwise_loss_weight": 100.0, "warm_observation_stats_mode": "frozen"}},
     ("HumanoidStand", "gorl_diffusion"): {
-        "base": {"type": "diffusion", "hidden_sizes": [128] * 4, "early_stopping_patience": 20},
+        "base": {"type": "diffusion", "hidden_sizes": [128] * 4, "early_stopping_patience": 20, **HUMANOID_DECODER_PROFILE},
         "stage0": {"type": "fm", "epochs": 100, "initialization": "fresh", "pairwise_loss_weight": 0.0},
         "later_stages": {"type": "diffusion", "epochs": 50, "initialization": "warm", "pairwise_loss_weight": 0.1,
-                         "diffusion_schedule": "cosine_alpha_bar", "output_scale": 1.0},
-        "stage1": {"type": "diffusion", "epochs": 50, "initialization": "fresh", "pairwise_loss_weight": 0.1}},
+                         "diffusion_schedule": "cosine_alpha_bar", "diffusion_parameterization": "epsilon", "output_scale": 1.0},
+        "stage1": {"type": "diffusion", "epochs": 50, "initialization": "fresh", "pairwise_loss_weight": 0.1},
+        "stage2": {"warm_observation_stats_mode": "legacy_new_batch"},
+        "stage3": {"warm_observation_stats_mode": "legacy_new_batch"}},
     ("HumanoidRun", "gorl_fm"): {
         "base": {"type": "fm", "hidden_sizes": [128] * 4, "early_stopping_patience": 20, "epochs": 100,
-                 "initialization": "fresh", "pairwise_loss_weight": 0.0}},
+                 "initialization": "fresh", "pairwise_loss_weight": 0.0, **HUMANOID_DECODER_PROFILE}},
     ("HumanoidRun", "gorl_diffusion"): {
         "base": {"type": "diffusion", "hidden_sizes": [128] * 4, "early_stopping_patience": 20, "epochs": 50,
                  "initialization": "fresh", "pairwise_loss_weight": 0.0, "diffusion_schedule": "cosine_alpha_bar",
-                 "output_scale": 1.0}},
+                 "diffusion_parameterization": "epsilon", "output_scale": 1.0, **HUMANOID_DECODER_PROFILE}},
 }
 HUMANOID_EPISODES = {  # (teacher_episodes, episodes of the later refits)
     "HumanoidStand": (1024, 128), "HumanoidRun": (1024, 1024),
 }
+HUMANOID_TEACHER_MIN_RETURN = {"HumanoidStand": 60.0, "HumanoidRun": 15.0}  # teacher_dataset_min_return_mean
+HUMANOID_TEACHER_DATA = "final"  # pipeline.py: the teacher's data come from its final state (decoder_data_selection)
+HUMANOID_TARGET_CLIP = 1.0  # [profile_overrides.humanoid.decoder] target = "action_bounded", target_clip (fm:112-113)
+HUMANOID_EVAL_DETERMINISTIC = False  # [profile_overrides.humanoid.evaluation] deterministic (fm:122-123, diff:121-122)
 
 
 def brax_actual_steps(requested: int, update_frames: int = 983_040, eval_intervals: int = 9) -> int:

@@ -128,15 +128,16 @@ def copy_runs(run_cwd: Path, to: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Callable:
-    """``trained(stop_stage, sac)``: (system, checkpoint) of one in-process training per setting
-    (:func:`tests.test_inference._trained`), shared by the session's tests, which only read them."""
+    """``trained(stop_stage, sac, bounded, first)``: (system, checkpoint) of one in-process training
+    per setting (:func:`tests.test_inference._trained`), shared by the session's tests, which only read them."""
     from tests.test_inference import _trained
 
     done: dict = {}
 
-    def get(stop_stage: int | None, sac: bool = False):
-        if (stop_stage, sac) not in done:
-            done[stop_stage, sac] = _trained(tmp_path_factory.mktemp("trained"), stop_stage, sac)
-        return done[stop_stage, sac]
+    def get(stop_stage: int | None, sac: bool = False, bounded: bool = False, first: bool = False):
+        key = (stop_stage, sac, bounded, first)
+        if key not in done:
+            done[key] = _trained(tmp_path_factory.mktemp("trained"), *key)
+        return done[key]
 
     return get

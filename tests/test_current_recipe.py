@@ -182,13 +182,18 @@ def test_per_minibatch_gae_uses_whole_segments_and_the_current_critic(monkeypatc
     enc = _encoder(gae="minibatch", epochs=1, minibatch_size=32)  # 2 segments of 16 steps per minibatch
     rollout = _fixed_rollout(enc)
     batches = []
-    original = enc.ppo_loss
+    original = enc._loss_at
 
-    def spy(batch, clip, entropy_coef=None, **kwargs):
-        batches.append(batch.clone())
-        return original(batch, clip, entropy_coef, **kwargs)
+    def spy_loss_at(stage):  # the minibatches the update's loss is given
+        loss = original(stage)
 
-    monkeypatch.setattr(enc, "ppo_loss", spy)
+        def spy(batch, advantage):
+            batches.append(batch.clone())
+            return loss(batch, advantage)
+
+        return spy
+
+    monkeypatch.setattr(enc, "_loss_at", spy_loss_at)
     reference = rollout.clone()
     reference["next", "reward"] = reference["next", "reward"] * enc.hparams.reward_scale
     with torch.no_grad():

@@ -159,3 +159,61 @@ def test_early_stopping_keeps_the_best_validation_weights():
     torch.manual_seed(123)
     # validation losses are Monte-Carlo estimates: the restored weights score near the best.
     assert float(validation_loss(dec, fit.val)) < fit.best_val * 1.5
+
+
+@pytest.mark.parametrize("parameterization", ["epsilon_delta", "epsilon"])
+def test_ddim_with_the_exact_noise_lands_on_a_point_mass_in_either_parameterization(parameterization):
+    """For data at one point ``a0`` the exact noise is ``(x_k - sqrt(abar_k) a0) / sqrt(1 - abar_k)``;
+    fed that (as a residual around the identity noise, or whole), DDIM must decode every latent to
+    ``a0`` and the training loss must be zero."""
+    dec = DiffusionDecoder(3, 2, hidden=[8], schedule="cosine", output_scale=1.0, parameterization=parameterization)
+    a0 = torch.tensor([0.7, -1.2])
+    rows = dec.net.time_bias(torch.arange(1, dec.steps + 1, dtype=torch.float32).unsqueeze(-1) / dec.steps)
+
+    def oracle(cond, x, t_bias):
+        k = 1 + int((rows - t_bias.reshape(-1, rows.shape[-1])[:1]).abs().sum(-1).argmin())  # which step this is
+        if t_bias.dim() == 2 and t_bias.shape[0] == x.shape[0]:  # training: one k per row
+            k = 1 + (rows.unsqueeze(0) - t_bias.unsqueeze(1)).abs().sum(-1).argmin(-1, keepdim=True)
+        eps = (x - dec.sqrt_abar[k] * a0) / dec.sqrt_one_minus_abar[k]
+        return eps - dec.id_gain[k - 1] * x  # the network's share: all of it under plain epsilon (gain 0)
+
+    dec.net.forward = oracle
+    obs, eps = torch.randn(6, 3), torch.randn(6, 2)
+    torch.testing.assert_close(dec.decode(obs, eps), a0.expand(6, 2), atol=1e-4, rtol=0)
+    assert float(dec.loss(obs, a0.expand(6, 2))) < 1e-8
+
+
+def test_a_decoder_starts_as_the_identity_only_with_a_zeroed_last_layer():
+    torch.manual_seed(0)
+    obs, eps = torch.randn(5, 3), torch.randn(5, 2)
+    for cls in (FlowDecoder, DiffusionDecoder):
+        assert torch.equal(cls(3, 2, hidden=[8]).decode(obs, eps), eps)
+        assert not torch.allclose(cls(3, 2, hidden=[8], zero_final_layer=False).decode(obs, eps), eps)
+    assert not torch.allclose(DiffusionDecoder(3, 2, hidden=[8], parameterization="epsilon").decode(obs, eps), eps)
+
+
+@pytest.mark.parametrize("cls", [FlowDecoder, DiffusionDecoder])
+def test_the_compiled_decoder_loss_gives_the_eager_loss_and_gradients(cls):
+    """``model.speed.compile`` on a decoder's training loss, through the ``aot_eager`` backend with
+    the same random draws (eager RNG), so the two must agree; validation keeps the eager loss."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    dec = cls(3, 2, hidden=[16, 16], zero_final_layer=False)
+    obs, action = torch.randn(32, 3), torch.randn(32, 2)
+    dec.fit_obs_statistics(obs)
+
+    def loss_and_grads():
+        dec.zero_grad()
+        torch.manual_seed(5)
+        loss = dec.training_loss(obs, action)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in dec.parameters() if p.grad is not None])
+
+    eager = loss_and_grads()
+    dec.compile_loss(backend="aot_eager")
+    compiled = loss_and_grads()
+    assert dec._compiled_loss.enabled and dec._compiled_loss.compiled is not None
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-6)

@@ -286,3 +286,78 @@ def test_reward_norm_divides_by_the_running_std_of_the_discounted_return():
     enc._normalize_reward(torch.ones(2, 1, 1), torch.zeros(2, 1, 1, dtype=torch.bool))
     assert torch.allclose(enc._running_return.reshape(-1), torch.tensor([1.5, 1.875]))
     assert enc.hparams.reward_norm and not _encoder().hparams.reward_norm
+
+
+def test_tanh_entropy_adds_the_tanh_log_det_jacobian_at_a_policy_sample():
+    """Brax's tanh_normal entropy: the Gaussian's plus ``sum log(1 - tanh(u)^2)`` at ``u ~ pi``.
+    With the policy's scale pinned near 0 the sample is ``loc``, so the bonus is known exactly."""
+    torch.manual_seed(0)
+    plain, tanh = _encoder(), _encoder(tanh_entropy=True)
+    tanh.load_state_dict(plain.state_dict())
+    batch = _fixed_rollout(plain).reshape(-1)[:32].clone()
+    batch["advantage"], batch["value_target"] = torch.ones(32, 1), torch.zeros(32, 1)
+    loc = torch.linspace(-2, 2, 64).reshape(32, 2)
+    for enc in (plain, tanh):
+        enc.actor_net.forward = lambda obs: (loc, torch.full_like(loc, 1e-6))
+    gap = tanh.ppo_loss(batch, 0.2)[0]["entropy"] - plain.ppo_loss(batch, 0.2)[0]["entropy"]
+    torch.testing.assert_close(gap, torch.log(1 - torch.tanh(loc) ** 2).sum(-1).mean(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="tanh_entropy needs loss_impl: fused"):
+        _encoder(tanh_entropy=True, loss_impl="torchrl")
+
+
+def test_a_bounded_latent_is_decoded_as_tanh_of_the_gaussian_sample_it_is_scored_on():
+    enc = _encoder()
+    enc.bounded_latent = True
+    obs = torch.randn(16, 3)
+    for deterministic in (True, False):
+        out = enc.act(obs, deterministic)
+        loc, scale = enc.actor_net(obs)
+        torch.testing.assert_close(out["squashed_latent"], torch.tanh(out["latent"]))
+        torch.testing.assert_close(out["latent_log_prob"], torch.distributions.Normal(loc, scale).log_prob(out["latent"]).sum(-1))
+        if deterministic:
+            torch.testing.assert_close(out["squashed_latent"], torch.tanh(loc))  # Brax's mode of tanh_normal
+
+
+@pytest.mark.parametrize("use_prior", [False, True])
+def test_the_compiled_ppo_loss_gives_the_eager_loss_and_gradients(use_prior):
+    """``model.speed.compile`` traces the fused loss with torch.compile; here through the
+    ``aot_eager`` backend (the same capture and autograd graphs, without inductor's seconds of C++
+    compile; ``benchmarks/compiled_losses.py`` times inductor itself). Every stage's constants are
+    tensors, so a new stage does not recompile."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    enc = _encoder(prior_reg="l2", prior_coef=[0.0, 1e-3] if use_prior else 0.0)
+    rollout = _fixed_rollout(enc)
+    enc.obs_norm.update(rollout["observation"])
+    batch = rollout.reshape(-1)[:64].clone()
+    batch["advantage"], batch["value_target"] = torch.randn(64, 1), torch.randn(64, 1)
+    adv = batch["advantage"].reshape(-1)
+
+    def loss_and_grads(stage: int):
+        enc.zero_grad()
+        total, stats = enc._loss_at(stage)(batch, adv)
+        total.backward()
+        return total.detach(), {k: v.detach() for k, v in stats.items()}, torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None])
+
+    from torch._dynamo.backends.debugging import aot_eager
+
+    graphs = []
+
+    def counting_aot_eager(gm, example_inputs):  # noqa: ANN001, ANN202
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    eager = [loss_and_grads(stage) for stage in (0, 1)]
+    enc.compile_loss(backend=counting_aot_eager)
+    compiled = [loss_and_grads(stage) for stage in (0, 1)]
+    assert enc._compiled_terms.enabled and enc._compiled_terms.compiled is not None  # no fallback to eager
+    # one graph, no graph break; with the prior on in stage 1 only, that stage's graph is a second one
+    assert len(graphs) == (2 if use_prior else 1)
+    for (e_total, e_stats, e_grad), (c_total, c_stats, c_grad) in zip(eager, compiled):
+        torch.testing.assert_close(c_total, e_total, rtol=1e-5, atol=1e-6)
+        for key in e_stats:
+            torch.testing.assert_close(c_stats[key], e_stats[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(c_grad, e_grad, rtol=1e-4, atol=1e-6)
+    if use_prior:
+        assert float(eager[1][1]["prior"]) > 0 and float(eager[0][1]["prior"]) == 0  # stage 1 has the prior term

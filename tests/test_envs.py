@@ -261,3 +261,31 @@ def test_num_workers_auto_uses_the_cores_this_process_may_run_on(monkeypatch):
     assert EnvConfig(num_workers="auto").num_workers == 1
     with pytest.raises(ConfigError, match="positive integer or 'auto'"):
         EnvConfig(num_workers="many")
+
+
+def _mean_or_sampled_latent_policy(act_dim: int):
+    """Latent 0 (the "mean") when deterministic, a fresh normal draw otherwise, straight to tanh."""
+    from gorl.networks import ActionSquash
+    from gorl.policy import LatentPolicy
+
+    def act(obs: torch.Tensor, deterministic: bool) -> dict[str, torch.Tensor]:
+        shape = (*obs.shape[:-1], act_dim)
+        return {"latent": torch.zeros(shape) if deterministic else 2.0 * torch.randn(shape)}
+
+    return LatentPolicy(act, lambda obs, z: z, ActionSquash(-torch.ones(act_dim), torch.ones(act_dim)))
+
+
+def test_evaluation_samples_latents_only_when_asked():
+    """``loop.eval_deterministic: false`` (the authors' humanoid evaluations): sampled latents; the
+    default: the mean. Same seeds for every call, so only the policy's draws can differ."""
+    from gorl.evaluation import evaluate
+
+    env = make_env(EnvConfig(task="cheetah-run", num_envs=3), seed=0)
+    policy = _mean_or_sampled_latent_policy(env.action_spec.shape[-1])
+    runs = {}
+    for deterministic in (True, True, False, False):
+        env.set_seed(5)
+        runs.setdefault(deterministic, []).append(evaluate(env, policy, max_steps=30, deterministic=deterministic))
+    torch.testing.assert_close(runs[True][0], runs[True][1])  # the mean: repeatable
+    assert not torch.allclose(runs[False][0], runs[False][1])  # sampled: two draws differ ...
+    assert not torch.allclose(runs[False][0], runs[True][0])  # ... and differ from the mean

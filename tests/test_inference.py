@@ -15,16 +15,28 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 import gorl
+from gorl.decoders import DiffusionDecoder
 from gorl.encoders import LatentSAC
 from gorl.errors import CheckpointError
 from tests.conftest import run_gorl
 from tests.test_loop import smoke_system
 
 
-def _trained(tmp_path, stop_stage: int | None, sac: bool = False):
+def _trained(tmp_path, stop_stage: int | None, sac: bool = False, bounded: bool = False, first: bool = False):
     """(system, checkpoint) of the smoke plan trained in this process up to ``stop_stage`` (None: to
-    its end), with the SAC encoder if ``sac``; tests get it through tests/conftest.py's ``trained``."""
+    its end), with the SAC encoder if ``sac``, the bounded action semantics if ``bounded``, a first
+    decoder if ``first``; tests get it through tests/conftest.py's ``trained``."""
     system = smoke_system()
+    if first:  # model.first_decoder: a diffusion decoder fitted on stage 0's data, acting in stage 1
+        system = type(system)(env=system.env_cfg, encoder=partial(system.encoder.__class__, actor_hidden=[16, 16], critic_hidden=[32, 32],
+                                                                  unroll=8, epochs=2, minibatch_size=64),
+                              decoder=system._make_decoder, loop=system.loop_cfg, refinement=system.refine_cfg, seed=0,
+                              first_decoder=partial(DiffusionDecoder, hidden=[16, 16]))
+    if bounded:  # the authors' humanoid action semantics: tanh-normal latent, clipped decoder output
+        system = type(system)(env=system.env_cfg, encoder=partial(system.encoder.__class__, actor_hidden=[16, 16], critic_hidden=[32, 32],
+                                                                  unroll=8, epochs=2, minibatch_size=64, tanh_entropy=True),
+                              decoder=system._make_decoder, loop=system.loop_cfg,
+                              refinement=replace(system.refine_cfg, target_clip=1.0), seed=0, action_semantics="bounded")
     if sac:
         system = type(system)(env=system.env_cfg, encoder=partial(LatentSAC, actor_hidden=[16, 16], critic_hidden=[32, 32], batch_size=32,
                                                                   buffer_size=4096, learning_starts=64),
@@ -53,9 +65,11 @@ def _framework_actions(system, obs: torch.Tensor, deterministic: bool, seed: int
         return system.policy(td)["action"]
 
 
-@pytest.mark.parametrize("stop_stage,sac", [(0, False), (None, False), (None, True)], ids=["ppo-stage0", "ppo-refitted", "sac-refitted"])
-def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, trained, stop_stage, sac):
-    system, path = trained(stop_stage, sac)
+@pytest.mark.parametrize("stop_stage,sac,bounded,first", [(0, False, False, False), (None, False, False, False), (None, True, False, False),
+                                                           (None, False, True, False), (1, False, False, True)],
+                         ids=["ppo-stage0", "ppo-refitted", "sac-refitted", "bounded-ppo-refitted", "first-decoder-stage1"])
+def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, trained, stop_stage, sac, bounded, first):
+    system, path = trained(stop_stage, sac, bounded, first)
     expected_stage = system.loop_state.stage
     assert (expected_stage == 0) == (stop_stage == 0)
     policy = gorl.load_policy(path)
@@ -78,6 +92,15 @@ def test_loaded_and_exported_policies_act_as_the_framework(tmp_path, trained, st
     assert torch.allclose(exported(obs, torch.zeros(64, system.act_dim)), want, atol=1e-6)
     assert torch.allclose(exported(obs, noise), want_stochastic, atol=1e-6)
     assert torch.allclose(exported(obs[:5], torch.zeros(5, system.act_dim)), want[:5], atol=1e-6)  # any batch size
+    if first:  # stage 1 acts with the first refit's decoder type, and so does the loaded policy
+        assert type(system.acting_decoder()).__name__ == "DiffusionDecoder" and type(policy.chain.decoder).__name__ == "DiffusionDecoder"
+    if bounded:  # the chain itself: decoded from tanh(latent), clipped (not squashed) to the box
+        td = TensorDict({"observation": obs}, batch_size=[len(obs)])
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+            out = system.policy(td)
+        torch.testing.assert_close(out["squashed_latent"], torch.tanh(out["latent"]))
+        torch.testing.assert_close(out["pre_tanh"], system.acting_decoder().decode(obs, out["squashed_latent"]))
+        torch.testing.assert_close(out["action"], out["pre_tanh"].clamp(-1, 1))  # toy-bandit's box is [-1, 1]
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):

@@ -236,3 +236,59 @@ def test_evaluations_per_stage_are_counted_and_placed_as_the_authors():
     assert _eval_points("authors") == [(0, 0), (0, 1), (0, 5), (0, 10), (1, 0), (1, 1), (1, 3), (1, 5)]
     # Ours before, still reachable: no stage-0 evaluation before an update, none after update 1 of later stages.
     assert _eval_points("even") == [(0, 1), (0, 4), (0, 7), (0, 10), (1, 0), (1, 2), (1, 4), (1, 5)]
+
+
+def test_bounded_action_semantics_need_a_latent_policy_that_can_be_bounded():
+    from gorl.encoders import LatentSAC
+    from gorl.errors import ConfigError
+
+    env = EnvConfig(task="toy-bandit", num_envs=2, eval_envs=2)
+    with pytest.raises(ConfigError, match="action_semantics: bounded needs a latent policy that can be tanh-bounded"):
+        GoRLSystem(env=env, encoder=partial(LatentSAC, actor_hidden=[8], critic_hidden=[8]), action_semantics="bounded")
+    with pytest.raises(ConfigError, match="must be squashed or bounded, got 'clamped'"):
+        GoRLSystem(env=env, action_semantics="clamped")
+    system = GoRLSystem(env=env, encoder=partial(EncoderModule, actor_hidden=[8], critic_hidden=[8]), action_semantics="bounded")
+    assert system.encoder.bounded_latent and system.squash.bounded
+
+
+def test_a_first_decoder_of_another_type_cannot_seed_a_warm_refit():
+    from gorl.decoders import DiffusionDecoder
+    from gorl.errors import ConfigError
+
+    env = EnvConfig(task="toy-bandit", num_envs=2, eval_envs=2)
+    kw = dict(env=env, encoder=partial(EncoderModule, actor_hidden=[8], critic_hidden=[8]), decoder=partial(FlowDecoder, hidden=[8]),
+              first_decoder=partial(DiffusionDecoder, hidden=[8]), loop=LoopConfig(stages=[64, 64, 64]))
+    with pytest.raises(ConfigError, match="cannot warm-start a FlowDecoder from the first refit's DiffusionDecoder"):
+        GoRLSystem(**kw, refinement=RefinementConfig(warm_start=[False, True]))
+    system = GoRLSystem(**kw, refinement=RefinementConfig(warm_start=[False, False, True]))  # warm from refit 2 on: same type
+    assert system.acting_decoder() is system.identity
+    system._norms = []
+    keys = {}
+    for stage, acting in ((1, system.first_decoder), (2, system.decoder), (3, system.decoder)):
+        system.cycle.state.stage = stage
+        assert system.acting_decoder() is acting
+        keys[stage] = system._acting_state()
+    # the CUDA graphs of the acting chain are keyed by which decoder acts (gorl/acceleration.py)
+    assert keys[1] != keys[2] and keys[2] == keys[3]
+
+
+def test_speed_compile_runs_the_loop_with_compiled_losses():
+    """``model.speed.compile`` through a whole smoke plan (both refits): the encoder's and the
+    decoder's compiled losses take every step (``aot_eager``: the capture without kernel
+    generation; tests/test_encoder.py and tests/test_decoders.py compare them with eager)."""
+    import dataclasses
+
+    import torch._dynamo
+
+    from gorl.acceleration import SpeedConfig
+
+    torch._dynamo.reset()
+    base = smoke_system()
+    system = GoRLSystem(env=base.env_cfg, encoder=partial(EncoderModule, actor_hidden=[16, 16], critic_hidden=[32, 32], unroll=8, epochs=2,
+                                                          minibatch_size=64),
+                        decoder=base._make_decoder, loop=dataclasses.replace(base.loop_cfg, stages=[256, 128]),
+                        refinement=base.refine_cfg, seed=0, speed=SpeedConfig(compile=True, compile_backend="aot_eager"))
+    _fit(system, [])
+    assert system.loop_state.phase == "done" and system.loop_state.history[0].fit_steps == 6
+    for compiled in (system.encoder._compiled_terms, system.trainee._compiled_loss):
+        assert compiled.enabled and compiled.compiled is not None  # compiled, and never fell back to eager

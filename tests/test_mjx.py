@@ -163,22 +163,27 @@ def test_return_is_on_dm_controls_scale_under_the_same_constant_action(env):
 
 
 def test_fit_through_both_phases_on_the_mjx_backend(tmp_path, gorl_in_process):
+    """The diffusion HumanoidRun recipe (per-refit handoff, stochastic evaluation, plain-epsilon
+    decoder) on MJX, through two refits: one env count everywhere, so the step compiles once."""
     res = gorl_in_process(  # in this process: about the backend in the loop, not the command line
-        "fit", "--config", str(CONF / "smoke.yaml"),
-        "--model.env.backend", "mjx", "--model.env.task", "cheetah-run",
-        "--model.env.num_envs", "4", "--model.env.eval_envs", "4",
-        "--model.loop.stages", "[64, 32]", "--model.loop.eval_every", "32", "--model.loop.eval_max_steps", "4",
-        "--model.refinement.transitions", "64", "--model.refinement.batch_size", "32",
-        "--model.refinement.collect_envs", "4", "--model.refinement.max_episode_steps", "16",
+        "fit", "--config", str(CONF / "humanoid_run.yaml"), "--trainer.accelerator", "cpu",
+        "--model.env.backend", "mjx", "--model.env.num_envs", "2", "--model.env.eval_envs", "2",
+        "--model.encoder.unroll", "16", "--model.encoder.epochs", "1", "--model.encoder.minibatch_size", "32",
+        "--model.loop.stages", "[32, 32, 32]", "--model.loop.evals_per_stage", "2", "--model.loop.eval_max_steps", "10",
+        "--model.refinement.episodes", "2", "--model.refinement.epochs", "2", "--model.refinement.batch_size", "32",
+        "--model.refinement.collect_envs", "2", "--model.refinement.max_episode_steps", "10",
+        "--model.refinement.min_data_return", "null",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = tmp_path.glob("runs/gorl/version_*/metrics.csv")
     rows = list(csv.DictReader(path.open()))
     stages = {float(r["loop/stage"]) for r in rows if r.get("loop/stage")}
-    assert stages == {0.0, 1.0}, stages
-    assert any(r.get("stage/fit_steps") for r in rows)  # the decoder was fitted between the stages
-    assert "final eval/return" in res.stdout + res.stderr
-    assert "solver iterations limit reached" not in res.stdout + res.stderr  # quieted (gorl/envs/mjx.py)
+    assert stages == {0.0, 1.0, 2.0}, stages
+    assert sum(1 for r in rows if r.get("stage/fit_steps")) == 2  # a decoder was fitted between each pair of stages
+    out = res.stdout + res.stderr
+    assert "[gorl] stage 1: refit data from its final encoder" in out and "(2 stochastic eval episodes per evaluation)" in out
+    assert "final eval/return" in out
+    assert "solver iterations limit reached" not in out  # quieted (gorl/envs/mjx.py)
 
 
 @pytest.mark.parametrize(
@@ -217,3 +222,17 @@ def test_mjx_evaluation_loop_gives_torchrl_rollouts_returns(env):
     reference = first_episode_returns(td["next", "reward"], td["next", "done"])
     torch.testing.assert_close(fast, reference)
     assert fast.abs().sum() > 0
+
+
+def test_mjx_evaluation_loop_samples_latents_only_when_asked(env):
+    """The MJX backend's own evaluation loop honours ``deterministic`` as TorchRL's rollout does."""
+    from gorl.evaluation import evaluate
+    from tests.test_envs import _mean_or_sampled_latent_policy
+
+    policy = _mean_or_sampled_latent_policy(6)
+    runs = {}
+    for deterministic in (True, True, False):
+        env.set_seed(11)
+        runs.setdefault(deterministic, []).append(evaluate(env, policy, max_steps=20, deterministic=deterministic))
+    torch.testing.assert_close(runs[True][0], runs[True][1])
+    assert not torch.allclose(runs[False][0], runs[True][0])

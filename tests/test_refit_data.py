@@ -101,7 +101,7 @@ def test_refit_data_is_collected_from_reset_by_the_best_encoder(monkeypatch):
     """The stage's best encoder (here the first evaluated one), not the last-trained one, rolls
     ``refinement.episodes`` complete episodes from reset; the frames count into collect_frames."""
     returns = iter([1.0] + [0.0] * 100)  # the first evaluation is the stage's best
-    monkeypatch.setattr(gorl.system, "evaluate", lambda env, policy, max_steps: torch.full((8,), next(returns)))
+    monkeypatch.setattr(gorl.system, "evaluate", lambda env, policy, max_steps, deterministic=True: torch.full((8,), next(returns)))
     captured = {}
 
     def spy(*args, **kwargs):

@@ -14,9 +14,9 @@ from tensordict import TensorDict, TensorDictBase
 
 from gorl.decoders import FlowDecoder
 from gorl.encoders import EncoderModule
-from gorl.errors import CheckpointError
+from gorl.errors import CheckpointError, ConfigError, DataQualityError
 from gorl.loop import LoopConfig
-from gorl.refinement import RefinementConfig
+from gorl.refinement import DecoderFit, RefinementConfig, data_return_mean, decoder_pairs, split
 from gorl.stage_cycle import LoopState, StageCycle, StageRecord, summary_table
 
 
@@ -212,3 +212,107 @@ def test_reset_fresh_starts_away_from_the_best_and_warm_start_fits_from_the_acti
     cycle.refine_cfg.warm_start = False
     cycle.start_fit(cycle.collect_decoder_data())
     assert not _same(net(cycle.trainee.state_dict()), net(cycle.decoder.state_dict()))  # a fresh decoder otherwise
+
+
+# --- per-refit settings, handoff, quality gate, warm statistics -------------------------------------
+def test_per_refit_settings_resolve_by_the_stage_the_refit_ends_and_are_checked_whole():
+    cfg = RefinementConfig(steps=None, epochs=[100, 20], warm_start=[False, True], pairwise_weight=[0.0, 0.1, 100.0],
+                           episodes=[1024, 128], handoff=["final", "best"], min_data_return=[60.0, None],
+                           decoder_obs_stats=["refit", "cumulative", "frozen"])
+    first, second, later = cfg.for_refit(0), cfg.for_refit(1), cfg.for_refit(5)
+    assert (first.epochs, first.warm_start, first.pairwise_weight, first.episodes, first.handoff, first.min_data_return) == \
+        (100, False, 0.0, 1024, "final", 60.0)
+    assert (second.epochs, second.warm_start, second.pairwise_weight, second.episodes, second.handoff, second.min_data_return) == \
+        (20, True, 0.1, 128, "best", None)
+    assert (later.pairwise_weight, later.decoder_obs_stats, later.epochs) == (100.0, "frozen", 20)  # the last entry holds
+    assert later.batch_size == cfg.batch_size and later.val_fraction == cfg.val_fraction  # the rest is shared
+    with pytest.raises(ConfigError, match="exactly one of refinement.steps and refinement.epochs"):
+        RefinementConfig(steps=None, epochs=[100, None])  # the second refit would have neither
+    with pytest.raises(ConfigError, match="refinement.handoff must be one of best, final, got 'bset'"):
+        RefinementConfig(handoff=["best", "bset"])
+    with pytest.raises(ConfigError, match="at least one entry"):
+        RefinementConfig(warm_start=[])
+    with pytest.raises(ConfigError, match="min_data_return needs collect_from: reset"):
+        RefinementConfig(collect_from="training_envs", min_data_return=1.0)
+
+
+def test_final_handoff_keeps_the_encoder_as_it_ended_for_the_data_and_the_warm_start():
+    cycle, host = _cycle([5.0, 4.0, 1.0], handoff="final", warm_start=False)
+    cycle.evaluate()
+    best = cycle.encoder.snapshot()
+    _nudge(cycle.encoder)
+    cycle.evaluate()  # the final one, worse than the best
+    final = cycle.encoder.snapshot()
+    cycle.end_encoder_phase()
+    assert cycle.state.phase == "decoder" and _same(cycle.encoder.snapshot(), final) and not _same(final, best)
+    cycle.decoder_iteration()  # collects with the encoder as it ended
+    cycle.decoder_iteration()
+    cycle.decoder_iteration()  # the fit's last round: install, warm reset, stage 1
+    assert cycle.state.stage == 1 and _same(cycle.encoder.snapshot(), final)  # warm from the final agent
+    # ... and per refit: "best" for the refit after stage 1 restores that stage's best as before
+    cycle, _ = _cycle([5.0, 4.0], handoff=["final", "best"])
+    cycle.state.stage = 1
+    cycle.loop_cfg.stages = [64, 32, 32]
+    cycle.evaluate()
+    best = cycle.encoder.snapshot()
+    _nudge(cycle.encoder)
+    cycle.evaluate()
+    cycle.end_encoder_phase()
+    assert _same(cycle.encoder.snapshot(), best)
+
+
+def test_the_quality_gate_stops_the_run_before_a_fit_on_weak_data():
+    cycle, host = _cycle([1.0])
+    rc = RefinementConfig(min_data_return=60.0)
+    cycle.check_data_quality(60.0, rc)  # at the threshold: passes
+    with pytest.raises(DataQualityError, match="stage 0's refit data has mean episode return 59.9, below refinement.min_data_return 60"):
+        cycle.check_data_quality(59.9, rc)
+    with pytest.raises(DataQualityError):
+        cycle.check_data_quality(float("nan"), rc)  # a NaN return never passes
+    cycle.check_data_quality(-1e9, RefinementConfig())  # no gate
+    data = next(_batches())  # 4 episodes earning 0, 1, 2, 3 per step for 5 steps
+    assert data_return_mean(decoder_pairs(data)) == pytest.approx(5 * (0 + 1 + 2 + 3) / 4)
+
+
+@pytest.mark.parametrize("mode", ["refit", "cumulative", "frozen", "legacy_new_batch"])
+def test_warm_fits_carry_the_decoder_observation_statistics_as_configured(mode):
+    cycle, host = _cycle([1.0], warm_start=True, decoder_obs_stats=mode)
+    old_obs = 3.0 + 2.0 * torch.randn(500, 3)
+    cycle.decoder.fit_obs_statistics(old_obs)
+    cycle.state.stage = 1  # a warm start needs an acting decoder that has been fitted
+    new_obs = cycle.start_fit(cycle.collect_decoder_data()).train["observation"]
+    expected = FlowDecoder(3, 2, hidden=[8]).obs_norm
+    if mode != "refit":
+        expected.update(old_obs)
+    if mode in ("refit", "cumulative", "legacy_new_batch"):
+        expected.update(new_obs, batch_only_var=mode == "legacy_new_batch")
+    got = cycle.trainee.obs_norm
+    for name in ("count", "mean", "var"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name))
+    if mode == "frozen":
+        assert float(got.count) == 500.0
+    # the first refit always recomputes (its acting decoder is the identity, with no statistics)
+    cycle, _ = _cycle([1.0], warm_start=True, decoder_obs_stats=mode)
+    fit = cycle.start_fit(cycle.collect_decoder_data())
+    assert float(cycle.trainee.obs_norm.count) == len(fit.train)
+
+
+def test_transition_split_and_epoch_permutations_as_the_authors_humanoid_fits():
+    pairs = decoder_pairs(torch.cat([next(_batches(n=8, t=10)) for _ in range(1)]))  # 80 pairs, 8 episodes
+    train, val = split(pairs, RefinementConfig(split_unit="transition", val_fraction=0.25), torch.Generator().manual_seed(0))
+    assert (len(train), len(val)) == (60, 20)
+    assert set(train["episode"].tolist()) & set(val["episode"].tolist())  # episodes cut across the split
+    train_e, val_e = split(pairs, RefinementConfig(val_fraction=0.25), torch.Generator().manual_seed(0))
+    assert not set(train_e["episode"].tolist()) & set(val_e["episode"].tolist())  # the default keeps them whole
+
+    cfg = RefinementConfig(steps=None, epochs=3, batch_size=16, batch_sampling="epoch_permutation", val_every=None)
+    fit = DecoderFit(cfg, train, val, seed=7)
+    per_epoch = 60 // 16  # 3 batches, 12 rows of each epoch dropped
+    rows = [fit.batch_indices(step, 60, 16, torch.device("cpu")) for step in range(3 * per_epoch)]
+    for epoch in range(3):
+        seen = torch.cat(rows[epoch * per_epoch : (epoch + 1) * per_epoch])
+        assert len(seen) == 48 and len(set(seen.tolist())) == 48  # without replacement within an epoch
+    assert not torch.equal(rows[0], rows[per_epoch])  # a new permutation each epoch
+    resumed = DecoderFit.from_state_dict(cfg, fit.state_dict())  # a resumed fit draws the same batches
+    assert all(torch.equal(resumed.batch_indices(step, 60, 16, torch.device("cpu")), rows[step]) for step in range(len(rows)))
+    assert fit.total_steps == 3 * per_epoch

@@ -9,6 +9,8 @@ with, so later encoder phases (whose statistics keep moving) cannot shift what i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ class DecoderModule(pl.LightningModule):
         super().__init__()
         self.obs_dim, self.act_dim, self.lr = obs_dim, act_dim, lr
         self.obs_norm = RunningNorm(obs_dim)
+        self._compiled_loss = None  # compile_loss
 
     # --- what every decoder provides --------------------------------------------------------
     def decode(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -39,6 +42,17 @@ class DecoderModule(pl.LightningModule):
     def loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Generative loss for pairs ``(obs, pre-tanh action)``; draws its own noise from the prior."""
         raise NotImplementedError
+
+    def training_loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` as a refit steps on it: compiled after :meth:`compile_loss`."""
+        return self.loss(obs, action) if self._compiled_loss is None else self._compiled_loss(obs, action)
+
+    def compile_loss(self, backend: str | Callable = "inductor", mode: str | None = None) -> None:
+        """``torch.compile`` the training loss (``model.speed.compile``;
+        :class:`gorl.acceleration.CompiledFn`). Validation keeps the eager loss, with its fixed noise."""
+        from gorl.acceleration import CompiledFn
+
+        self._compiled_loss = CompiledFn(self.loss, f"the {type(self).__name__}'s training loss", backend=backend, mode=mode)
 
     def fit_obs_statistics(self, obs: torch.Tensor) -> None:
         """Freeze the observation statistics of the training data into the decoder."""
@@ -73,6 +87,9 @@ class ConditionalMLP(torch.nn.Module):
     (``lecun``: their ``mlp_init``, LeCun-uniform weights and zero biases; the first layer's fan-in
     is the whole ``[obs, x, time]`` input, as their single first layer's), then the last layer
     zeroed (their ``zero_final_layer = True``), so an untrained decoder is exactly the identity.
+    ``zero_last=False`` leaves the last layer as ``init`` drew it (their humanoid recipes'
+    ``zero_final_layer = false``): an untrained decoder is then the identity plus a small random
+    field.
 
     Written for a K-step sampler that runs once per env step: the first layer is split by input
     block, so the observation's part (:meth:`condition`) is computed once per ``decode`` and the
@@ -83,7 +100,7 @@ class ConditionalMLP(torch.nn.Module):
     """
 
     def __init__(self, obs_dim: int, x_dim: int, hidden: tuple[int, ...] | list[int], time_dim: int = 8, output_scale: float = 1.0,
-                 init: str = "lecun") -> None:
+                 init: str = "lecun", zero_last: bool = True) -> None:
         super().__init__()
         from gorl.networks import SinusoidalEmbedding, init_linear_, mlp
 
@@ -92,7 +109,7 @@ class ConditionalMLP(torch.nn.Module):
         self.obs_dim, self.x_dim = obs_dim, x_dim
         self.embed = SinusoidalEmbedding(time_dim)
         self.inp = init_linear_(torch.nn.Linear(obs_dim + x_dim + time_dim, hidden[0]), init)
-        self.body = mlp(hidden[0], list(hidden[1:]), x_dim, zero_last=True, init=init)
+        self.body = mlp(hidden[0], list(hidden[1:]), x_dim, zero_last=zero_last, init=init)
         self.output_scale = output_scale
 
     def condition(self, obs: torch.Tensor) -> torch.Tensor:

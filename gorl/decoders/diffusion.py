@@ -29,6 +29,11 @@ Identity at initialisation: the network predicts a residual ``delta`` around the
 leaves ``x`` unchanged. So ``epshat = eps_id + delta``, the loss ``|epshat - eps|^2`` is the plain
 epsilon-prediction loss, and the step reads ``x_{k-1} = x_k + c_k delta``: a zero-initialised head
 decodes every latent to itself exactly (the authors' code makes the same choice, "epsilon_delta").
+
+``parameterization: epsilon`` is plain epsilon prediction instead (their humanoid recipes'
+``diffusion_parameterization = "epsilon"``): ``epshat`` is the network's output and the step reads
+``x_{k-1} = r_k x_k + c_k epshat``. The loss is the same; the network learns the whole noise rather
+than the residual, so an untrained decoder is not the identity even with a zeroed head.
 """
 
 from __future__ import annotations
@@ -60,8 +65,10 @@ class DiffusionDecoder(DecoderModule):
     """Args: hidden (MLP widths, SiLU), steps (T), schedule (``linear`` | ``cosine``), draws
     ((eps, k) draws per action), time_dim, output_scale (network output multiplier), lr (Adam), init
     (layer initialisation: ``lecun``, the authors' ``mlp_init``, or ``torch_default``; the output
-    head is zero either way, see :class:`~gorl.decoders.base.ConditionalMLP`), alpha_min (``abar_T``
-    of the linear schedule: the authors' ``diffusion_alpha_min``, 1e-3)."""
+    head starts at zero unless ``zero_final_layer: false``, see
+    :class:`~gorl.decoders.base.ConditionalMLP`), alpha_min (``abar_T`` of the linear schedule: the
+    authors' ``diffusion_alpha_min``, 1e-3), parameterization (``epsilon_delta``, a residual around
+    the identity noise, default; or plain ``epsilon``: module docstring)."""
 
     graph_safe = True
 
@@ -78,12 +85,16 @@ class DiffusionDecoder(DecoderModule):
         lr: float = 3e-4,
         init: InitScheme = "lecun",
         alpha_min: float = 1e-3,
+        parameterization: Literal["epsilon_delta", "epsilon"] = "epsilon_delta",
+        zero_final_layer: bool = True,
     ) -> None:
         super().__init__(obs_dim, act_dim, lr)
         if schedule not in ("linear", "cosine"):
             raise ConfigError(f"decoder.schedule must be linear or cosine, got {schedule!r}")
         if draws < 1:
             raise ConfigError(f"decoder.draws must be >= 1, got {draws}")
+        if parameterization not in ("epsilon_delta", "epsilon"):
+            raise ConfigError(f"decoder.parameterization must be epsilon_delta or epsilon, got {parameterization!r}")
         if not 0.0 < alpha_min < 1.0:
             raise ConfigError(f"decoder.alpha_min must be in (0, 1), got {alpha_min}")
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -94,9 +105,13 @@ class DiffusionDecoder(DecoderModule):
         self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
         self.register_buffer("sqrt_one_minus_abar", (1 - abar).sqrt().float(), persistent=False)
         self.register_buffer("c", c.float(), persistent=False)
-        self.register_buffer("id_gain", ((1 - r) / c).float(), persistent=False)
+        self.register_buffer("r", r.float(), persistent=False)
+        # epsilon_delta: epshat = id_gain x + delta; plain epsilon: epshat = net output (gain 0).
+        gain = ((1 - r) / c).float() if parameterization == "epsilon_delta" else torch.zeros_like(c, dtype=torch.float32)
+        self.register_buffer("id_gain", gain, persistent=False)
+        self.direct_epsilon = parameterization == "epsilon"
         check_init(init, "decoder")
-        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale, init=init)
+        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale, init=init, zero_last=zero_final_layer)
 
     def loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         cond = self.net.condition(self.obs_norm(obs)).repeat_interleave(self.draws, 0)
@@ -114,5 +129,7 @@ class DiffusionDecoder(DecoderModule):
         t_bias = self.net.time_bias(times)  # [T, hidden], row k-1 for step k
         x = eps
         for k in range(self.steps, 0, -1):
-            x = x + self.c[k - 1] * self.net(cond, x, t_bias[k - 1]).to(x.dtype)
+            out = self.net(cond, x, t_bias[k - 1]).to(x.dtype)
+            # epsilon_delta: x + c delta (= r x + c (id_gain x + delta)); epsilon: r x + c epshat
+            x = (self.r[k - 1] * x if self.direct_epsilon else x) + self.c[k - 1] * out
         return x

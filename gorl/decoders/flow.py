@@ -5,7 +5,8 @@ pairs ``eps ~ N(0, I)``, ``t ~ U(0, 1)``, form ``x_t = t * eps + (1 - t) * a`` a
 velocity ``v(obs, x_t, t)`` onto ``eps - a`` (the time derivative of ``x_t``).
 
 Decoding integrates ``dx/dt = v`` from ``x_1 = eps`` at t = 1 back to t = 0 with K Euler steps. The
-velocity head is zero-initialised, so an untrained decoder is exactly the identity.
+velocity head is zero-initialised (unless ``zero_final_layer: false``), so an untrained decoder is
+exactly the identity.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from gorl.networks import InitScheme, check_init
 class FlowDecoder(DecoderModule):
     """Args: hidden (MLP widths, SiLU), steps (Euler steps K), draws ((eps, t) draws per action k),
     time_dim (sinusoidal embedding size), output_scale (velocity multiplier), lr (Adam), init (layer
-    initialisation: ``lecun``, the authors' ``mlp_init``, or ``torch_default``; the velocity head is
-    zero either way, see :class:`~gorl.decoders.base.ConditionalMLP`)."""
+    initialisation: ``lecun``, the authors' ``mlp_init``, or ``torch_default``), zero_final_layer
+    (start the velocity head at zero, the authors' default; ``false`` in their humanoid recipes; see
+    :class:`~gorl.decoders.base.ConditionalMLP`)."""
 
     graph_safe = True
 
@@ -35,12 +37,13 @@ class FlowDecoder(DecoderModule):
         output_scale: float = 1.0,
         lr: float = 3e-4,
         init: InitScheme = "lecun",
+        zero_final_layer: bool = True,
     ) -> None:
         super().__init__(obs_dim, act_dim, lr)
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.steps, self.draws = steps, draws
         check_init(init, "decoder")
-        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale, init=init)
+        self.net = ConditionalMLP(obs_dim, act_dim, hidden, time_dim, output_scale, init=init, zero_last=zero_final_layer)
 
     def velocity(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(self.net.condition(self.obs_norm(obs)), x, self.net.time_bias(t))

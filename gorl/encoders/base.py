@@ -45,6 +45,12 @@ class LatentEncoder(pl.LightningModule):
         graph_safe_act: ``True`` if :meth:`act` is pure tensor code whose Python path depends only
             on its arguments' shapes and the ``deterministic`` flag, so it may be replayed from a
             CUDA graph (:mod:`gorl.acceleration`).
+        supports_bounded_latent: ``True`` if :meth:`act` honours :attr:`bounded_latent`.
+        bounded_latent: set by the system under ``action_semantics: bounded``: :meth:`act` then
+            also returns ``squashed_latent = tanh(latent)``, which the decoder consumes (a
+            tanh-normal latent policy, Brax's ``tanh_normal``, as the authors' humanoid
+            ``bounded_latent = true``). ``latent`` stays the Gaussian sample the policy's
+            likelihood is computed on (the tanh's Jacobian cancels in PPO's ratio).
     """
 
     latent_dim: int
@@ -52,6 +58,8 @@ class LatentEncoder(pl.LightningModule):
     rollouts_per_update: int = 1
     needs_decoder: bool = False
     graph_safe_act: bool = False
+    supports_bounded_latent: bool = False
+    bounded_latent: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -40,9 +40,10 @@ against each other); ``ClipPPOLoss`` stays the reference.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
@@ -62,7 +63,7 @@ from gorl.encoders.ppo_update import (  # noqa: F401  (Critic, LossAndStats, MAX
     minibatches,
     normalize,
     ppo_update,
-    value_loss,
+    value_loss_of,
 )
 from gorl.errors import ConfigError
 from gorl.networks import GaussianHead, InitScheme, RunningNorm, check_init, gaussian_log_prob, stage_item, stage_value
@@ -124,9 +125,14 @@ class EncoderModule(LatentEncoder):
             with the current critic; minibatches are whole unroll segments). See the module docstring.
         loss_impl: ``fused`` (default, :meth:`ppo_loss`) or ``torchrl`` (TorchRL's ``ClipPPOLoss``):
             the same loss and gradients; ``fused`` skips TorchRL's per-call overhead (module docstring).
+        tanh_entropy: add the tanh's log-det-Jacobian at a reparameterised sample to the entropy
+            bonus, as Brax's ``NormalTanhDistribution.entropy`` does for its ``tanh_normal``
+            policies (the authors' humanoid teacher and latent stages). Their dm_control profile
+            leaves it off (``tanh_entropy_correction = false``), our default. Fused loss only.
     """
 
     graph_safe_act = True  # act(): plain tensor code (gorl.acceleration)
+    supports_bounded_latent = True
 
     def __init__(
         self,
@@ -158,10 +164,13 @@ class EncoderModule(LatentEncoder):
         obs_stats_accumulation: ObsStatsAccumulation | list[ObsStatsAccumulation] = "cumulative",
         gae: GAEMode = "rollout",
         loss_impl: LossImpl = "fused",
+        tanh_entropy: bool = False,
     ) -> None:
         super().__init__()
         if loss_impl not in ("fused", "torchrl"):
             raise ConfigError(f"loss_impl must be 'fused' or 'torchrl', got {loss_impl!r}")
+        if tanh_entropy and loss_impl != "fused":
+            raise ConfigError("encoder.tanh_entropy needs loss_impl: fused (TorchRL's ClipPPOLoss has the Gaussian's entropy only)")
         if rollouts_per_update < 1:
             raise ConfigError(f"encoder.rollouts_per_update must be >= 1, got {rollouts_per_update}")
         if rollouts_per_update > 1 and reward_norm:
@@ -179,6 +188,7 @@ class EncoderModule(LatentEncoder):
                 if item not in valid:
                     raise ConfigError(f"encoder.{name}: {item!r} is not one of {', '.join(valid)}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        self._compiled_terms: Callable[..., LossAndStats] | None = None  # model.speed.compile (compile_loss)
         self.latent_dim = act_dim if latent_dim is None else latent_dim
         self.obs_norm = RunningNorm(obs_dim)
         self.return_norm = RunningNorm(1)  # statistics of the discounted return (reward_norm)
@@ -224,7 +234,10 @@ class EncoderModule(LatentEncoder):
         step; see :mod:`gorl.policy`). Same density as ``self.actor`` (tested)."""
         loc, scale = self.actor_net(obs)
         latent = loc if deterministic else loc + scale * torch.randn_like(loc)
-        return {"latent": latent, "latent_log_prob": gaussian_log_prob(latent, loc, scale)}
+        out = {"latent": latent, "latent_log_prob": gaussian_log_prob(latent, loc, scale)}
+        if self.bounded_latent:  # the decoder's input lies in (-1, 1); the deterministic one is tanh(loc), Brax's mode
+            out["squashed_latent"] = torch.tanh(latent)
+        return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # fused: one kernel for the whole parameter update instead of one per tensor; a PPO update
@@ -266,17 +279,28 @@ class EncoderModule(LatentEncoder):
         hp = self.hparams
         beta = stage_value(hp.prior_coef, stage)
         at = self.ppo.at(stage)
+        use_prior = hp.prior_reg != "none" and beta > 0
 
-        def loss(batch: TensorDictBase, advantage: torch.Tensor) -> LossAndStats:
-            if hp.loss_impl == "fused":
-                out, (loc, scale) = self.ppo_loss(batch, at.clip_epsilon, at.entropy_coef, advantage=advantage)
-            else:  # ClipPPOLoss standardises the batch's advantages itself (normalize_advantage)
-                out, loc = self.loss_module(batch), None
+        if hp.loss_impl == "fused":
+            if self._compiled_terms is not None:
+                # The stage's constants as device tensors, made once per update: the compiled graph
+                # is then the same in every stage (a Python float is a constant it would recompile for).
+                clip, ent, b = torch.tensor([at.clip_epsilon, at.entropy_coef, beta], device=self.device).unbind()
+                terms = self._compiled_terms
+            else:
+                clip, ent, b, terms = at.clip_epsilon, at.entropy_coef, beta, self.fused_terms
+
+            def fused(batch: TensorDictBase, advantage: torch.Tensor) -> LossAndStats:
+                return terms(batch["observation"], batch["latent"], batch["latent_log_prob"], advantage, batch["value_target"],
+                             clip, ent, b, use_prior)
+
+            return fused
+
+        def torchrl_loss(batch: TensorDictBase, advantage: torch.Tensor) -> LossAndStats:
+            out = self.loss_module(batch)  # ClipPPOLoss standardises the batch's advantages itself (normalize_advantage)
             total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
-            if hp.prior_reg != "none" and beta > 0:
-                if loc is None:  # ClipPPOLoss does not expose the distribution's parameters
-                    loc, scale = self.actor_net(batch["observation"])
-                prior = prior_regulariser(loc, scale, hp.prior_reg)
+            if use_prior:  # ClipPPOLoss does not expose the distribution's parameters
+                prior = prior_regulariser(*self.actor_net(batch["observation"]), hp.prior_reg)
                 total = total + beta * prior
             else:
                 prior = torch.zeros((), device=total.device)
@@ -284,7 +308,33 @@ class EncoderModule(LatentEncoder):
                            "entropy": out["entropy"], "prior": prior, "clip_fraction": out["clip_fraction"],
                            "kl_approx": out["kl_approx"]}
 
-        return loss
+        return torchrl_loss
+
+    def fused_terms(self, obs: torch.Tensor, latent: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor,
+                    value_target: torch.Tensor, clip: float | torch.Tensor, entropy_coef: float | torch.Tensor,
+                    beta: float | torch.Tensor, use_prior: bool) -> LossAndStats:
+        """The fused minibatch loss in plain tensors, prior regulariser included: what
+        ``model.speed.compile`` compiles (:meth:`compile_loss`)."""
+        out, (loc, scale) = self._ppo_terms(obs, latent, old_log_prob, advantage, value_target, clip, entropy_coef)
+        total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+        if use_prior:
+            prior = prior_regulariser(loc, scale, self.hparams.prior_reg)
+            total = total + beta * prior
+        else:
+            prior = torch.zeros((), device=total.device)
+        return total, {"loss_objective": out["loss_objective"], "loss_critic": out["loss_critic"], "entropy": out["entropy"],
+                       "prior": prior, "clip_fraction": out["clip_fraction"], "kl_approx": out["kl_approx"]}
+
+    def compile_loss(self, backend: str | Callable = "inductor", mode: str | None = None) -> None:
+        """Replace the fused minibatch loss by ``torch.compile`` of it (``model.speed.compile``): on
+        a GPU with ``mode="reduce-overhead"`` the forward and backward replay from CUDA graphs, one
+        launch where the eager step makes hundreds. Falls back to eager, saying why once, if
+        compiling fails (:class:`gorl.acceleration.CompiledFn`)."""
+        from gorl.acceleration import CompiledFn
+
+        if self.hparams.loss_impl != "fused":
+            raise ConfigError("model.speed.compile compiles the fused PPO loss: it needs encoder.loss_impl: fused")
+        self._compiled_terms = CompiledFn(self.fused_terms, "the PPO minibatch loss", backend=backend, mode=mode)
 
     def _update_obs_statistics(self, obs: torch.Tensor, stage: int) -> None:
         self.obs_norm.update(obs, batch_only_var=stage_item(self.hparams.obs_stats_accumulation, stage) == "batch_only")
@@ -303,11 +353,20 @@ class EncoderModule(LatentEncoder):
         entropy_coef = self.ppo.at(0).entropy_coef if entropy_coef is None else entropy_coef
         if advantage is None:
             advantage = advantages(batch, self.ppo.normalize_advantage)
-        loc, scale = self.actor_net(batch["observation"])
-        log_prob = gaussian_log_prob(batch["latent"], loc, scale)
-        loss_objective, stats = clipped_surrogate(log_prob - batch["latent_log_prob"], advantage, clip)
+        return self._ppo_terms(batch["observation"], batch["latent"], batch["latent_log_prob"], advantage, batch["value_target"],
+                               clip, entropy_coef)
+
+    def _ppo_terms(self, obs: torch.Tensor, latent: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor,
+                   value_target: torch.Tensor, clip: float | torch.Tensor, entropy_coef: float | torch.Tensor
+                   ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        loc, scale = self.actor_net(obs)
+        log_prob = gaussian_log_prob(latent, loc, scale)
+        loss_objective, stats = clipped_surrogate(log_prob - old_log_prob, advantage, clip)
         entropy = (scale.log() + _ENTROPY_PER_DIM).sum(-1).mean()
-        loss_critic = value_loss(self.critic_net, batch, self.ppo.value_coef)
+        if self.hparams.tanh_entropy:  # + log|d tanh(u)/du| at u ~ pi, reparameterised (Brax's TanhBijector)
+            u = loc + scale * torch.randn_like(loc)
+            entropy = entropy + (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1).mean()
+        loss_critic = value_loss_of(self.critic_net, obs, value_target, self.ppo.value_coef)
         out = {"loss_objective": loss_objective, "loss_critic": loss_critic, "loss_entropy": -entropy_coef * entropy,
                "entropy": entropy.detach(), "clip_fraction": stats["clip_fraction"], "kl_approx": stats["kl_approx"]}
         return out, (loc, scale)

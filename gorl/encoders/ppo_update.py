@@ -100,8 +100,13 @@ def advantages(batch: TensorDictBase, normalize_advantage: bool) -> torch.Tensor
 
 def value_loss(critic: Critic, batch: TensorDictBase, value_coef: float) -> torch.Tensor:
     """``value_coef * mean (V(s) - value_target)^2`` on a minibatch (fp32)."""
-    value = critic(batch["observation"]).reshape(-1)
-    return value_coef * (value - batch["value_target"].float().reshape(-1)).pow(2).mean()
+    return value_loss_of(critic, batch["observation"], batch["value_target"], value_coef)
+
+
+def value_loss_of(critic: Critic, obs: torch.Tensor, value_target: torch.Tensor, value_coef: float | torch.Tensor) -> torch.Tensor:
+    """:func:`value_loss` on plain tensors (the form a compiled loss takes)."""
+    value = critic(obs).reshape(-1)
+    return value_coef * (value - value_target.float().reshape(-1)).pow(2).mean()
 
 
 def minibatches(data: TensorDictBase, config: PPOConfig, keys: Sequence[str], critic: Critic, gae: GAE,

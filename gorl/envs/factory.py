@@ -48,7 +48,7 @@ class EnvConfig:
             ``ParallelEnv`` with batch ``[num_workers, num_envs]``.
         factory: import path ``module:function`` (or ``module.function``) of your own env maker.
         factory_kwargs: keyword arguments for ``factory``.
-        eval_envs: copies used for deterministic evaluation (one episode each).
+        eval_envs: copies used for evaluation (one episode each).
         backend: simulator of a suite task: ``dmc`` (dm_control, CPU processes) or ``mjx``
             (MuJoCo Playground on JAX; needs the ``mjx`` extra).
         mjx_impl: MJX pipeline for ``backend: mjx``: ``jax`` (MJX's own, faster on our CPU once
