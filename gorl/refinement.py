@@ -168,7 +168,10 @@ class RefinementConfig:
             if min(lists) == 0:
                 raise ConfigError(f"refinement: a per-refit list needs at least one entry ({', '.join(PER_REFIT)})")
             for stage in range(max(lists)):
-                self.for_refit(stage)
+                try:
+                    self.for_refit(stage)
+                except ConfigError as err:
+                    raise ConfigError(f"{err} (in the settings of the refit after stage {stage})") from None
             return
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"refinement.val_fraction must be in (0, 1), got {self.val_fraction}")

@@ -228,6 +228,8 @@ def test_per_refit_settings_resolve_by_the_stage_the_refit_ends_and_are_checked_
     assert later.batch_size == cfg.batch_size and later.val_fraction == cfg.val_fraction  # the rest is shared
     with pytest.raises(ConfigError, match="exactly one of refinement.steps and refinement.epochs"):
         RefinementConfig(steps=None, epochs=[100, None])  # the second refit would have neither
+    with pytest.raises(ConfigError, match=r"refinement.epochs must be >= 1 or null, got 0 \(in the settings of the refit after stage 1\)"):
+        RefinementConfig(steps=None, epochs=[100, 0])
     with pytest.raises(ConfigError, match="refinement.handoff must be one of best, final, got 'bset'"):
         RefinementConfig(handoff=["best", "bset"])
     with pytest.raises(ConfigError, match="at least one entry"):
