@@ -87,10 +87,13 @@ class _Keys:
         kind = self.scalars.get(key)
         if kind is None or value is None or isinstance(value, (int, float)):
             return
+        base = kind.split(" or ")[0]  # "int or list[int | None]": a value, or a list the parser checks
+        if base != kind and (isinstance(value, list) or (isinstance(value, str) and value.lstrip().startswith("["))):
+            return
         if isinstance(value, str):
             if "${" in value:
                 return
-            if kind in ("int", "float"):
+            if base in ("int", "float"):
                 try:
                     float(value)
                     return
@@ -341,9 +344,16 @@ def _is_leaf_type(t: Any) -> bool:
 
 
 def _note_scalar(key: str, t: Any, schema: dict[str, Any]) -> None:
-    """Keys of exactly ``int``, ``float`` or ``bool`` (or Optional of one): their values are checked too."""
+    """Keys of exactly ``int``, ``float`` or ``bool`` (or Optional of one), or of one of those or a
+    list of them (the per-stage and per-refit settings): their values are checked too."""
+    import typing
+
     if t in (int, float, bool):
         schema["scalars"][key] = t.__name__
+        return
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if len(args) == 2 and args[0] in (int, float, bool) and typing.get_origin(args[1]) is list:
+        schema["scalars"][key] = f"{args[0].__name__} or {args[1]}"  # as the parser names it: "int or list[int | None]"
 
 
 def _expand(prefix: str, cls: type, schema: dict[str, Any]) -> None:

@@ -79,7 +79,7 @@ IN_PROCESS = {"--model.encoder.init_args.lr", "--model.refinement.steps", "--mod
         (["--model.env.num_envs", "abc"], "model.env.num_envs: expected int, got 'abc'"),
         (["--model.encoder.init_args.lr", "fast"], "model.encoder.lr: expected float or list[float], got 'fast'"),
         (["--model.refinement.batch_size", "many"], "model.refinement.batch_size: expected int, got 'many'"),
-        (["--model.refinement.steps", "many"], "model.refinement.steps: expected int or list[int | None], got 'many'"),  # per refit: the full parser says it
+        (["--model.refinement.steps", "many"], "model.refinement.steps: expected int or list[int | None], got 'many'"),  # a per-refit setting
         (["--model.decoder", "gorl.decoders.Nope"], "valid: gorl.decoders.IdentityDecoder"),
         (["--model.loop.stages", "[]"], "loop.stages must be a non-empty list"),
         (["--trainer.max_epochz", "3"], "unknown option --trainer.max_epochz; did you mean --trainer.max_epochs?"),
@@ -149,7 +149,7 @@ def test_config_keys_are_current():
     ["--trainer.max_epochz", "3"], ["--model.loop.stagez", "[3]"], ["--model.env.task", "cheetah-fly"],
     ["--model.encoder.lrr", "1"], ["--model.encoder.init_args.lrr", "1"], ["--model.decoder.hiden", "[8]"],
     ["--config", "BAD_KEY"], ["--config", "BAD_INIT_ARG"],
-    ["--model.env.num_envs", "abc"], ["--model.refinement.batch_size", "many"], ["--curves", "maybe"], ["--model.loop.eval_every", "[1, 2]"],
+    ["--model.env.num_envs", "abc"], ["--model.refinement.batch_size", "many"], ["--model.refinement.steps", "many"], ["--model.refinement.warm_start", "maybe"], ["--curves", "maybe"], ["--model.loop.eval_every", "[1, 2]"],
     ["--config", "BAD_TYPE"],
 ])
 def test_quick_checks_reject_only_what_the_parser_rejects(tmp_path, args):
