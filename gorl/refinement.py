@@ -19,8 +19,8 @@ At the end of an encoder phase (:mod:`gorl.stage_cycle` drives these steps, one 
    by return are kept, off by default as in the authors' code). Pre-tanh targets are clipped to
    ``+-target_clip`` (theirs: 3; 1 under bounded action semantics, where targets are env actions).
 3. **fit** a fresh (or warm-started) decoder with Adam for a fixed number of optimiser ``steps``
-   (batches drawn with replacement, or ``epoch_permutation``: each epoch one permutation), validating every ``val_every`` steps and keeping the
-   best-validation weights: the authors' current flow recipe (``configs/methods/gorl_fm.toml``:
+   (batches drawn with replacement, or ``epoch_permutation``: each epoch one permutation),
+   validating every ``val_every`` steps and keeping the best-validation weights: the authors' current flow recipe (``configs/methods/gorl_fm.toml``:
    ``train_steps = 50000``, ``batch_sampling = "with_replacement"``, ``checkpoint_metric =
    "val_loss"``). Epochs remain an alternative unit (``epochs``: that many passes' worth of steps,
    their diffusion recipe's ``epochs = 50``). Early stopping (``patience``) is optional and off by

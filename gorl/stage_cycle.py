@@ -229,8 +229,8 @@ class StageHost(Protocol):
         ...
 
     def evaluate_returns(self) -> tuple[float, float]:
-        """One evaluation of the acting policy (``loop.eval_deterministic`` says how): (mean return over every process's
-        episodes, std of this process's)."""
+        """One evaluation of the acting policy (``loop.eval_deterministic`` says how): (mean return
+        over every process's episodes, std of this process's)."""
         ...
 
     def record_metrics(self, metrics: dict[str, float]) -> None:
@@ -269,16 +269,25 @@ class StageCycle:
     def __init__(self, host: StageHost, encoder: LatentEncoder, decoder: DecoderModule, trainee: DecoderModule,
                  new_decoder: Callable[[], DecoderModule], policy: TensorDictModuleBase, loop: LoopConfig,
                  refinement: RefinementConfig, seed: int, first: DecoderSlot | None = None) -> None:
-        self.host, self.encoder, self.decoder, self.trainee = host, encoder, decoder, trainee
-        self.new_decoder, self.policy = new_decoder, policy
-        self.main = DecoderSlot(decoder, trainee, new_decoder)
-        self.first = first
+        self.host, self.encoder, self.policy = host, encoder, policy
+        self.main = DecoderSlot(decoder, trainee, new_decoder)  # every refit's decoder type ...
+        self.first = first  # ... but the first's, if it has one of its own
         self.loop_cfg, self.refine_cfg, self.seed = loop, refinement, seed
         self.state = LoopState()
         self.best_encoder: dict[str, torch.Tensor] | None = None  # snapshot of the stage's best so far
         self.fit: DecoderFit | None = None  # the refit in progress
         self.last_eval_return: float | None = None
         self._restore_best_at_start = False
+
+    @property
+    def decoder(self) -> DecoderModule:
+        """The main decoder type's acting copy."""
+        return self.main.acting
+
+    @property
+    def trainee(self) -> DecoderModule:
+        """The main decoder type's copy being fitted."""
+        return self.main.trainee
 
     def where(self) -> str:
         st = self.state
