@@ -218,6 +218,18 @@ def check_argv(subcommand: str, argv: list[str]) -> None:
     for param in config_keys.CLASS_PARAMS:
         _check_init_args(param, merged, configs, options, config_keys.CLASSES)
     _check_task(merged, options, config_keys.TASKS)
+    # validate with no checkpoint named is refused here, unless --video asks for something whose own
+    # errors (no GL backend, a task without a camera) say more; the full parser then refuses it.
+    named = {key for key, _ in options} | set(merged)
+    if subcommand == "validate" and merged.get("ckpt_path") is None and not named & {"ckpt_path", "video"}:
+        from gorl.errors import CheckpointError
+
+        raise CheckpointError(VALIDATE_NEEDS_CHECKPOINT)
+
+
+#: ``gorl validate`` without a checkpoint would score a freshly initialised policy and exit 0.
+VALIDATE_NEEDS_CHECKPOINT = ("gorl validate scores a trained policy: give --ckpt_path (a checkpoint file, or last for the newest "
+                             "run of this config)")
 
 
 def _get(data: Any, dotted: str) -> Any:

@@ -27,6 +27,7 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning_utilities.core
 
 from gorl.callbacks import CurvesFigure, FrameCheckpoint  # noqa: E402
 from gorl.distributions import ActionDistributionLogger  # noqa: E402
+from gorl.config_check import VALIDATE_NEEDS_CHECKPOINT  # noqa: E402
 from gorl.errors import CheckpointError  # noqa: E402
 from gorl.loop import LoopConfig  # noqa: E402
 from gorl.progress import GoRLProgressBar  # noqa: E402
@@ -130,10 +131,9 @@ class GoRLCLI(LightningCLI):
             os.environ["MUJOCO_GL"] = self.user_mujoco_gl or "egl"
             check_video_support(cfg.model.env.task, cfg.model.env.get("factory"))
         if self.subcommand == "validate" and not cfg.get("ckpt_path"):
-            # Without one, validate would score the freshly initialised policy and exit 0. Checked
-            # after the settings above, whose errors say more about what the call asked for.
-            raise CheckpointError("gorl validate scores a trained policy: give --ckpt_path (a checkpoint file, or last "
-                                  "for the newest run of this config)")
+            # Without one, validate would score the freshly initialised policy and exit 0. The quick
+            # checks refuse a call that names none (gorl.config_check); this catches an empty one.
+            raise CheckpointError(VALIDATE_NEEDS_CHECKPOINT)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's default progress bar, if it added one, becomes GoRL's (frames, not batches);

@@ -102,8 +102,9 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(request, tmp_path, args, e
 
 def test_validate_without_a_checkpoint_and_bare_fit_are_errors(tmp_path, gorl_in_process):
     # validate used to score the untrained policy and exit 0; bare fit started the 180M-frame paper plan.
-    # validate's refusal comes after the heavy imports: in this process (tests/test_observability.py
-    # runs `gorl validate` as the user types it); bare fit's before them, as the user types it.
+    # Both are refused before the heavy imports (test_help_and_quick_config_errors_import_no_torch);
+    # validate here in this process (tests/test_observability.py runs `gorl validate` as the user
+    # types it), bare fit as the user types it.
     res = gorl_in_process("validate", "--config", str(CONF / "smoke.yaml"))
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("gorl: error: gorl validate scores a trained policy: give --ckpt_path")
     res = run_gorl("fit", cwd=tmp_path, timeout=120)
@@ -201,7 +202,7 @@ def test_help_and_quick_config_errors_import_no_torch(tmp_path):
     cases = [["--help"], ["export", "--help"], ["fit"], ["fit", "--config", str(CONF / "smoke.yaml"), "--trainer.max_epochz", "3"],
              ["fit", "--config", str(CONF / "smoke.yaml"), "--model.env.task", "cheetah-fly"],
              ["fit", "--config", str(CONF / "hopper.yaml"), "--model.encoder.init_args.lrr", "1"], ["fit", "--config", "nope.yaml"],
-             ["fit", "--config", str(CONF / "smoke.yaml"), "--model.env.num_envs", "abc"]]
+             ["fit", "--config", str(CONF / "smoke.yaml"), "--model.env.num_envs", "abc"], ["validate", "--config", str(CONF / "smoke.yaml")]]
     for args in cases:
         res = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                              env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
