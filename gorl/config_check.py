@@ -222,14 +222,9 @@ def check_argv(subcommand: str, argv: list[str]) -> None:
     # errors (no GL backend, a task without a camera) say more; the full parser then refuses it.
     named = {key for key, _ in options} | set(merged)
     if subcommand == "validate" and merged.get("ckpt_path") is None and not named & {"ckpt_path", "video"}:
-        from gorl.errors import CheckpointError
+        from gorl.errors import VALIDATE_NEEDS_CHECKPOINT, CheckpointError
 
         raise CheckpointError(VALIDATE_NEEDS_CHECKPOINT)
-
-
-#: ``gorl validate`` without a checkpoint would score a freshly initialised policy and exit 0.
-VALIDATE_NEEDS_CHECKPOINT = ("gorl validate scores a trained policy: give --ckpt_path (a checkpoint file, or last for the newest "
-                             "run of this config)")
 
 
 def _get(data: Any, dotted: str) -> Any:

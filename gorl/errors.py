@@ -21,5 +21,11 @@ class DataQualityError(GoRLError):
     """A refit's data failed its quality gate (``refinement.min_data_return``)."""
 
 
+#: ``gorl validate`` without a checkpoint would score a freshly initialised policy and exit 0
+#: (refused by :mod:`gorl.config_check` and, for an empty one, by :mod:`gorl.lightning_cli`).
+VALIDATE_NEEDS_CHECKPOINT = ("gorl validate scores a trained policy: give --ckpt_path (a checkpoint file, or last for the newest "
+                             "run of this config)")
+
+
 class EnvWorkerError(GoRLError):
     """An env worker process died; its own traceback is printed above the one-line error."""

@@ -27,8 +27,7 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning_utilities.core
 
 from gorl.callbacks import CurvesFigure, FrameCheckpoint  # noqa: E402
 from gorl.distributions import ActionDistributionLogger  # noqa: E402
-from gorl.config_check import VALIDATE_NEEDS_CHECKPOINT  # noqa: E402
-from gorl.errors import CheckpointError  # noqa: E402
+from gorl.errors import VALIDATE_NEEDS_CHECKPOINT, CheckpointError  # noqa: E402
 from gorl.loop import LoopConfig  # noqa: E402
 from gorl.progress import GoRLProgressBar  # noqa: E402
 from gorl.run_dirs import THIS_CALL, resolve_checkpoint, run_identity  # noqa: E402
