@@ -279,36 +279,19 @@ def ppo_rates(report: Report, quick: bool) -> None:
     GAE per minibatch, 4x32 actor, 5x256 critic), eager against ``model.speed.compile`` (the fused
     loss under torch.compile, ``reduce-overhead`` on a GPU); the compile itself is timed apart."""
     import torch
-    from tensordict import TensorDict
+    from ppo_update import plain_optimize, rollout  # benchmarks/ppo_update.py: the same update outside Lightning
 
     from gorl.encoders import EncoderModule
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, mb = (64, 960) if quick else (32_768, 30_720)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    g = torch.Generator().manual_seed(0)
-    done = torch.zeros(rows, 30, 1, dtype=torch.bool)
-    done[::33, 7] = True
-    data = TensorDict({"observation": torch.randn(rows, 30, 15, generator=g),
-                       "next": {"observation": torch.randn(rows, 30, 15, generator=g), "reward": torch.rand(rows, 30, 1, generator=g),
-                                "done": done, "terminated": torch.zeros_like(done), "truncated": done.clone()}}, [rows, 30]).to(device)
     times = {}
     for label in ("eager", "compiled"):
         torch.manual_seed(0)
         enc = EncoderModule(15, 4, gae="minibatch", minibatch_size=mb, epochs=16, unroll=30, prior_reg="l2").to(device)
-        with torch.no_grad():
-            batch = data.clone()
-            batch.update(enc.act(batch["observation"], False))
-        opt = enc.configure_optimizers()
-
-        def optimize(loss: torch.Tensor, max_norm: float | None, enc=enc, opt=opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [q for q in enc.parameters() if q.grad is not None]
-            norm = torch.nn.utils.get_total_norm([q.grad for q in params], foreach=True)
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm or 1e9, norm, foreach=True)
-            opt.step()
-
+        batch = rollout(rows, device, enc)
+        optimize = plain_optimize(enc)
         if label == "compiled":
             enc.compile_loss()
         sync()

@@ -18,6 +18,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tensordict import TensorDict
@@ -39,6 +40,21 @@ def rollout(rows: int, device: str, enc: EncoderModule) -> TensorDict:
     return td
 
 
+def plain_optimize(enc: EncoderModule) -> Callable[[torch.Tensor, float | None], None]:
+    """The encoder's optimiser step without Lightning: backward, one norm pass, clip, fused Adam."""
+    opt = enc.configure_optimizers()
+
+    def optimize(loss: torch.Tensor, max_norm: float | None) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [q for q in enc.parameters() if q.grad is not None]
+        norm = torch.nn.utils.get_total_norm([q.grad for q in params], foreach=True)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm or 1e9, norm, foreach=True)
+        opt.step()
+
+    return optimize
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -49,16 +65,7 @@ def main() -> None:
     for precision in ("highest", "high"):
         torch.set_float32_matmul_precision(precision)
         enc = EncoderModule(15, 4, gae="minibatch", minibatch_size=mb, epochs=16, unroll=30, prior_reg="l2").to(device)
-        opt = enc.configure_optimizers()
-
-        def optimize(loss: torch.Tensor, max_norm: float | None) -> None:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [q for q in enc.parameters() if q.grad is not None]
-            norm = torch.nn.utils.get_total_norm([q.grad for q in params], foreach=True)
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm or 1e9, norm, foreach=True)
-            opt.step()
-
+        optimize = plain_optimize(enc)
         data = rollout(rows, device, enc)
         enc.train_on(data.clone(), optimize, 0)  # warm-up
         sync()
