@@ -1,5 +1,6 @@
 """GPU speed settings that change no maths: CUDA graphs for the acting policy, compiled training
-losses (:class:`CompiledFn`, ``speed.compile``), and matmul precision.
+losses (:class:`CompiledFn`, ``speed.compile``), whole training steps as CUDA graphs
+(``speed.step_graphs``, :mod:`gorl.step_graphs`), and matmul precision.
 
 Why CUDA graphs for acting: the policy runs once per batched env step, and on a GPU a step of the
 small encoder (4x32) and a 10-step decoder chain is a few hundred tiny kernels. Launched one by one
@@ -50,14 +51,25 @@ class SpeedConfig:
             eager code's. A failed compile falls back to eager, said once. ``false`` (default): eager.
         compile_backend: ``torch.compile``'s backend (``inductor``; ``aot_eager`` traces the same
             graphs without generating kernels: a quick check that a loss compiles).
+        step_graphs: take every PPO minibatch step and every decoder refit step as one replayed CUDA
+            graph: the minibatch's gather, forward, backward, clipping and the optimiser's update
+            (:mod:`gorl.step_graphs`). Same maths as the eager steps (tested on the CPU through an
+            emulated graph); the diagnostics and the finiteness checks are read once per update.
+            Needs a GPU, one process and ``trainer.precision: 32-true``; elsewhere the run says so
+            once and steps eagerly. Not with ``compile``. ``false`` (default): eager steps.
     """
 
     cuda_graphs: bool = True
     matmul_precision: MatmulPrecision = "highest"
     compile: bool = False
     compile_backend: str = "inductor"
+    step_graphs: bool = False
 
     def __post_init__(self) -> None:
+        if self.step_graphs and self.compile:
+            from gorl.errors import ConfigError
+
+            raise ConfigError("speed.step_graphs and speed.compile both capture the training steps: set one of them")
         if self.matmul_precision not in ("highest", "high", "medium"):
             from gorl.errors import ConfigError
 

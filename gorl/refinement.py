@@ -52,6 +52,7 @@ from gorl.distributed import min_over_ranks
 from gorl.errors import ConfigError
 from gorl.networks import stage_item
 from gorl.policy import on_env_device
+from gorl.step_graphs import StepGraphs
 
 # (loss) -> None: backward + step with the system's decoder optimiser.
 StepFn = Callable[[torch.Tensor], None]
@@ -425,11 +426,14 @@ class DecoderFit:
             self.bad_rounds += 1
         return metrics
 
-    def step(self, decoder: DecoderModule, optimize: StepFn, reduce: ReduceFn = lambda x: x) -> dict[str, float]:
+    def step(self, decoder: DecoderModule, optimize: StepFn, reduce: ReduceFn = lambda x: x,
+             graphs: StepGraphs | None = None) -> dict[str, float]:
         """One round: optimiser steps, then one validation; updates the best-weights state.
 
         The first round first scores the untrained decoder (step 0), so the kept weights are never
-        worse on validation than where the fit started (the authors validate at step 0 too)."""
+        worse on validation than where the fit started (the authors validate at step 0 too).
+        ``graphs`` (``model.speed.step_graphs``) takes the optimiser steps instead of ``optimize``:
+        on a GPU each is one replayed CUDA graph, the batch's draw included (:mod:`gorl.step_graphs`)."""
         if self.steps == 0 and self.best_state is None:
             self.validate(decoder, reduce)
             self.bad_rounds = 0
@@ -442,26 +446,47 @@ class DecoderFit:
         # Every rank must take the same number of optimiser steps (each one all-reduces gradients).
         todo = min_over_ranks(min(cfg.round_steps(n), self.total_steps - self.steps))
         bs = min(cfg.batch_size, n)
-        total, pair_total = torch.zeros((), device=decoder.device), torch.zeros((), device=decoder.device)
         # Plain tensors in the step loop: indexing a TensorDict per step costs more host time than a
         # GPU spends on the step itself.
-        obs_all, act_all = self.train["observation"], self.train["action"]
-        latent_all = self.train["latent"] if cfg.pairwise_weight > 0 else None
-        for i in range(todo):
-            idx = self.batch_indices(self.steps + i, n, bs, decoder.device)
-            obs, action = obs_all[idx], act_all[idx]
+        data = {"observation": self.train["observation"], "action": self.train["action"]}
+        if cfg.pairwise_weight > 0:
+            data["latent"] = self.train["latent"]
+        drawn = cfg.batch_sampling == "with_replacement"
+
+        def body(d: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            # with replacement the rows are drawn inside the step (where they are used: no copy per step)
+            idx = torch.randint(0, n, (bs,), device=d["observation"].device) if drawn else inputs["idx"]
+            obs, action = d["observation"][idx], d["action"][idx]
             loss = decoder.training_loss(obs, action)
-            total += loss.detach().float()
-            if latent_all is not None:
-                pair = pairwise_loss(decoder, obs, latent_all[idx], action)
-                pair_total += pair.detach().float()
+            stats = {"train_loss": loss.detach()}
+            if "latent" in d:
+                pair = pairwise_loss(decoder, obs, d["latent"][idx], action)
+                stats["train_pairwise"] = pair.detach()
                 loss = loss + cfg.pairwise_weight * pair
-            optimize(loss)
+            return loss, stats
+
+        def inputs(i: int) -> dict[str, torch.Tensor]:
+            return {} if drawn else {"idx": self.batch_indices(self.steps + i, n, bs, decoder.device)}
+
+        if graphs is not None:
+            norm = getattr(decoder, "obs_norm", None)
+            graphs.begin(("refit", id(decoder), norm is not None and norm.empty, cfg.pairwise_weight, bs, drawn), data)
+            for i in range(todo):
+                graphs.step(body, inputs(i), None)
+            sums = graphs.end()
+        else:
+            totals: dict[str, torch.Tensor] = {}
+            for i in range(todo):
+                loss, stats = body(data, inputs(i))
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v.float()
+                optimize(loss)
+            sums = {k: float(v) / max(todo, 1) for k, v in totals.items()}
         self.steps += todo
         self.rounds += 1
-        metrics = {"train_loss": float(total) / max(todo, 1), "step": self.steps, **self.validate(decoder, reduce)}
+        metrics = {"train_loss": sums.get("train_loss", 0.0), "step": self.steps, **self.validate(decoder, reduce)}
         if cfg.pairwise_weight > 0:
-            metrics["train_pairwise"] = float(pair_total) / max(todo, 1)
+            metrics["train_pairwise"] = sums.get("train_pairwise", 0.0)
         stopped = cfg.patience is not None and self.bad_rounds >= cfg.patience
         self.done = self.steps >= self.total_steps or stopped
         metrics.update(best_val=self.best_val, best_step=self.best_step)

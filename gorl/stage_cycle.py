@@ -64,6 +64,7 @@ from gorl.encoders import LatentEncoder
 from gorl.errors import CheckpointError, ConfigError, DataQualityError, NonFiniteError
 from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, data_return_mean, split, top_q_episodes
+from gorl.step_graphs import StepGraphs
 
 Phase = Literal["encoder", "decoder", "done"]
 Which = Literal["encoder", "decoder"]
@@ -217,6 +218,11 @@ class StageHost(Protocol):
 
     def optimize(self, which: Which, loss: torch.Tensor, max_norm: float | None = None) -> None:
         """Backward, gradient sync, clip and one step of ``which``'s optimiser (NaN-guarded)."""
+        ...
+
+    def step_graphs(self, which: Which) -> StepGraphs | None:
+        """What takes ``which``'s optimiser steps as CUDA graphs (``model.speed.step_graphs``,
+        :mod:`gorl.step_graphs`), or ``None``: every step through :meth:`optimize`."""
         ...
 
     def check_finite(self) -> None:
@@ -404,7 +410,8 @@ class StageCycle:
             rec.fit_seconds += time.perf_counter() - t0
             return
         fit, rc = self.fit, self.fit.cfg
-        metrics = fit.step(self.slot().trainee, lambda loss: self.host.optimize("decoder", loss), reduce=self.host.reduce_mean)
+        metrics = fit.step(self.slot().trainee, lambda loss: self.host.optimize("decoder", loss), reduce=self.host.reduce_mean,
+                           graphs=self.host.step_graphs("decoder"))
         self.host.check_finite()
         rec.fit_seconds += time.perf_counter() - t0
         self.host.record_metrics({f"decoder/{k}": v for k, v in metrics.items()})

@@ -42,6 +42,7 @@ from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig
 from gorl.networks import ActionSemantics, ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
+from gorl.step_graphs import StepGraphs
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig
 from gorl.stage_cycle import DecoderSlot, LoopState, StageCycle, Which, check_observations, summary_table
@@ -255,6 +256,7 @@ class GoRLSystem(pl.LightningModule):
         self._use_graphs()
         if self.speed_cfg.compile:
             self._compile_losses()
+        self._use_step_graphs()
 
     def _use_graphs(self) -> None:
         """Replay the acting chain from CUDA graphs (gorl/acceleration.py) where it is safe to."""
@@ -264,6 +266,51 @@ class GoRLSystem(pl.LightningModule):
             self.policy.graphed = GraphedChain(self.policy.chain, self._acting_state)
         else:
             self.policy.graphed = None
+
+    def _step_graphs_mode(self) -> tuple[str | None, str]:
+        """(``StepGraphs`` mode, or ``None`` with why not) for this run's ``speed.step_graphs``."""
+        if self.device.type != "cuda":
+            return None, "the networks are not on a GPU"
+        if self.trainer.world_size > 1:
+            return None, "it runs one process only (DDP's gradient all-reduce is not captured)"
+        if str(self.trainer.precision) not in ("32-true", "32"):
+            return None, f"it needs trainer.precision: 32-true, not {self.trainer.precision}"
+        return "cuda", ""
+
+    def _use_step_graphs(self) -> None:
+        """``model.speed.step_graphs``: every optimiser step one replayed CUDA graph (gorl/step_graphs.py)."""
+        self._graphs: dict[str, StepGraphs] = {}
+        uses = getattr(self.encoder, "use_step_graphs", None)
+        if not self.speed_cfg.step_graphs:
+            if uses is not None:
+                uses(None)
+            return
+        mode, why = self._step_graphs_mode()
+        if mode is None:
+            rank_zero_warn(f"[gorl] model.speed.step_graphs is off for this run: {why}; the steps run eagerly")
+            return
+        for which in ("encoder", "decoder"):
+            opt = self.optimizer(which)
+            if not all(group.get("fused") or group.get("capturable") for group in opt.param_groups):
+                rank_zero_warn(f"[gorl] model.speed.step_graphs: the {which} optimiser is neither fused nor capturable; its steps run eagerly")
+                continue
+            what = "PPO minibatch steps" if which == "encoder" else "decoder refit steps"
+            self._graphs[which] = StepGraphs(opt, what, mode=mode, on_step=self._count_optimizer_step, where=self.cycle.where)
+        if "encoder" in self._graphs:
+            if uses is None:
+                rank_zero_warn(f"[gorl] model.speed.step_graphs: {type(self.encoder).__name__} has no graphed update; its updates run eagerly")
+            else:
+                uses(self._graphs["encoder"])
+
+    def _count_optimizer_step(self) -> None:
+        """A graphed step bypasses Lightning's optimiser wrapper: count it as that wrapper would
+        (``trainer.global_step``)."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def step_graphs(self, which: Which) -> StepGraphs | None:
+        return getattr(self, "_graphs", {}).get(which)
 
     def _compile_losses(self) -> None:
         """``model.speed.compile``: the encoder's minibatch loss and every decoder trainee's loss."""

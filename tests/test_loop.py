@@ -292,3 +292,42 @@ def test_speed_compile_runs_the_loop_with_compiled_losses():
     assert system.loop_state.phase == "done" and system.loop_state.history[0].fit_steps == 6
     for compiled in (system.encoder._compiled_terms, system.trainee._compiled_loss):
         assert compiled.enabled and compiled.compiled is not None  # compiled, and never fell back to eager
+
+
+def test_step_graphs_take_the_smoke_plans_steps(monkeypatch):
+    """``model.speed.step_graphs`` through the whole smoke plan (both refits), with the CPU's
+    stand-in for a CUDA graph (``mode="emulate"``: each step recorded once, then re-run on the static
+    buffers, tests/test_step_graphs.py): every stage's returns, refit and optimiser-step count are
+    the eager run's, and both optimisers' steps were replayed."""
+    import dataclasses
+
+    from gorl.acceleration import SpeedConfig
+
+    pl.seed_everything(0)  # before the networks' initialisation, as the CLI seeds
+    ref = smoke_system()
+    _fit(ref, [])
+    monkeypatch.setattr(GoRLSystem, "_step_graphs_mode", lambda self: ("emulate", ""))
+    pl.seed_everything(0)
+    system = smoke_system()
+    system.speed_cfg = SpeedConfig(step_graphs=True)
+    trainer = _fit(system, [])
+    assert system.step_graphs("encoder").captures >= 2 and system.step_graphs("decoder").captures >= 1
+
+    def outcome(s: GoRLSystem) -> list[dict]:
+        return [{k: v for k, v in dataclasses.asdict(r).items() if k != "fit_seconds"} for r in s.loop_state.history]
+
+    assert outcome(system) == outcome(ref)
+    assert trainer.global_step == ref.trainer.global_step > 0  # graphed steps are counted as Lightning's
+
+
+def test_step_graphs_off_the_gpu_say_so_and_step_eagerly():
+    import dataclasses
+
+    from gorl.acceleration import SpeedConfig
+
+    system = smoke_system()
+    system.speed_cfg = SpeedConfig(step_graphs=True)
+    system.loop_cfg = dataclasses.replace(system.loop_cfg, stages=[128])
+    with pytest.warns(UserWarning, match="step_graphs is off for this run: the networks are not on a GPU"):
+        _fit(system, [])
+    assert system.step_graphs("encoder") is None and system.encoder._step_graphs is None

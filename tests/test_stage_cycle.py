@@ -50,6 +50,9 @@ class ScriptedHost:
         loss.backward()
         opt.step()
 
+    def step_graphs(self, which):
+        return None
+
     def check_finite(self) -> None:
         pass
 

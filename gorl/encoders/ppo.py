@@ -60,6 +60,7 @@ from gorl.encoders.ppo_update import (  # noqa: F401  (Critic, LossAndStats, MAX
     PolicyLoss,
     advantages,
     clipped_surrogate,
+    graphed_ppo_update,
     minibatches,
     normalize,
     ppo_update,
@@ -68,6 +69,7 @@ from gorl.encoders.ppo_update import (  # noqa: F401  (Critic, LossAndStats, MAX
 from gorl.errors import ConfigError
 from gorl.networks import GaussianHead, InitScheme, RunningNorm, check_init, gaussian_log_prob, stage_item, stage_value
 from gorl.prior import PriorReg, prior_regulariser
+from gorl.step_graphs import StepGraphs
 
 ResetMode = Literal["fresh", "gaussian", "warm", "warm_value"]
 RESET_MODES = ("fresh", "gaussian", "warm", "warm_value")
@@ -189,6 +191,7 @@ class EncoderModule(LatentEncoder):
                     raise ConfigError(f"encoder.{name}: {item!r} is not one of {', '.join(valid)}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self._compiled_terms: Callable[..., LossAndStats] | None = None  # model.speed.compile (compile_loss)
+        self._step_graphs: StepGraphs | None = None  # model.speed.step_graphs (use_step_graphs)
         self.latent_dim = act_dim if latent_dim is None else latent_dim
         self.obs_norm = RunningNorm(obs_dim)
         self.return_norm = RunningNorm(1)  # statistics of the discounted return (reward_norm)
@@ -263,9 +266,13 @@ class EncoderModule(LatentEncoder):
         if hp.reward_norm:
             reward = self._normalize_reward(reward, data.get(("next", "done")))
         data.set(("next", "reward"), reward)
-        batches = minibatches(data, self.ppo, self._LOSS_KEYS, self.critic_net, self.gae, hp.gae,
-                              segment_gae_in_tensors=hp.loss_impl == "fused")
-        metrics = ppo_update(batches, self._loss_at(stage), optimize, self.ppo, stage)
+        if self._step_graphs is not None:
+            metrics = graphed_ppo_update(data, self._loss_at(stage), self._step_graphs, self.ppo, self._LOSS_KEYS,
+                                         self.critic_net, self.gae, hp.gae, stage, self._graph_key(stage))
+        else:
+            batches = minibatches(data, self.ppo, self._LOSS_KEYS, self.critic_net, self.gae, hp.gae,
+                                  segment_gae_in_tensors=hp.loss_impl == "fused")
+            metrics = ppo_update(batches, self._loss_at(stage), optimize, self.ppo, stage)
         if post_update:
             self._update_obs_statistics(data["observation"], stage)
         return metrics
@@ -335,6 +342,20 @@ class EncoderModule(LatentEncoder):
         if self.hparams.loss_impl != "fused":
             raise ConfigError("model.speed.compile compiles the fused PPO loss: it needs encoder.loss_impl: fused")
         self._compiled_terms = CompiledFn(self.fused_terms, "the PPO minibatch loss", backend=backend, mode=mode)
+
+    def use_step_graphs(self, graphs: StepGraphs | None) -> None:
+        """Take every minibatch step through ``graphs`` (``model.speed.step_graphs``: on a GPU, each
+        step one replayed CUDA graph; :mod:`gorl.step_graphs`); ``None``: the eager steps.
+        The fused loss only (TorchRL's loss reads values on the host)."""
+        if graphs is not None and self.hparams.loss_impl != "fused":
+            raise ConfigError("model.speed.step_graphs captures the fused PPO loss: it needs encoder.loss_impl: fused")
+        self._step_graphs = graphs
+
+    def _graph_key(self, stage: int) -> tuple:
+        """What the fused loss of ``stage`` decides in Python: its constants, and whether the
+        observation statistics are still empty (:class:`~gorl.networks.RunningNorm` branches on it)."""
+        at = self.ppo.at(stage)
+        return (at.clip_epsilon, at.entropy_coef, stage_value(self.hparams.prior_coef, stage), self.obs_norm.empty)
 
     def _update_obs_statistics(self, obs: torch.Tensor, stage: int) -> None:
         self.obs_norm.update(obs, batch_only_var=stage_item(self.hparams.obs_stats_accumulation, stage) == "batch_only")

@@ -26,7 +26,7 @@ options for both, :class:`gorl.encoders.EncoderModule`).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Hashable, Iterator, Literal, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -37,6 +37,7 @@ from gorl.encoders.advantage import segment_gae
 from gorl.encoders.base import OptimizeFn
 from gorl.encoders.ppo_config import PPOConfig
 from gorl.networks import InitScheme, RunningNorm, mlp
+from gorl.step_graphs import StepGraphs
 
 GAEMode = Literal["rollout", "minibatch"]
 
@@ -156,25 +157,41 @@ def minibatches(data: TensorDictBase, config: PPOConfig, keys: Sequence[str], cr
 
 def _segment_minibatches(data: TensorDictBase, config: PPOConfig, keys: Sequence[str], critic: Critic) -> Iterator[TensorDictBase]:
     """``gae="minibatch"`` in plain tensors: the same shuffle and advantages as the TorchRL path."""
-    obs, next_obs = data["observation"], data["next", "observation"]
-    reward, done, terminated = data["next", "reward"], data["next", "done"], data["next", "terminated"]
-    entries = {k: data[k] for k in keys if k not in ("observation", "advantage", "value_target")}
+    segments = segment_tensors(data, keys)
     rows, unroll = data.shape
     per_mb = max(1, min(rows, config.minibatch_size // unroll))
     for _ in range(config.epochs):
-        perm = torch.randperm(rows, device=obs.device)
+        perm = torch.randperm(rows, device=data.device)
         for start in range(0, rows - per_mb + 1, per_mb):
-            idx = perm[start : start + per_mb]
-            o = obs[idx]
-            with torch.no_grad():
-                values = critic(torch.cat([o, next_obs[idx]], 0))
-                value, next_value = values[:per_mb], values[per_mb:]
-                advantage = segment_gae(reward[idx], value, next_value, done[idx], terminated[idx], config.gamma, config.lmbda)
-            n = per_mb * unroll
-            batch = {"observation": o.reshape(n, -1)}
-            batch.update({k: v[idx].reshape(n, *v.shape[2:]) for k, v in entries.items()})
-            batch.update(advantage=advantage.reshape(n, 1), value_target=(advantage + value).reshape(n, 1))
-            yield TensorDict(batch, batch_size=[n], device=o.device)
+            batch = segment_batch(segments, perm[start : start + per_mb], critic, config.gamma, config.lmbda)
+            yield TensorDict(batch, batch_size=[batch["observation"].shape[0]], device=data.device)
+
+
+def segment_tensors(data: TensorDictBase, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """What :func:`segment_batch` reads from a rollout ``[rows, T]``, as plain tensors."""
+    tensors = {k: data[k] for k in keys if k not in ("advantage", "value_target")}
+    tensors.update(next_observation=data["next", "observation"], reward=data["next", "reward"],
+                   done=data["next", "done"], terminated=data["next", "terminated"])
+    return tensors
+
+
+def segment_batch(segments: dict[str, torch.Tensor], idx: torch.Tensor, critic: Critic, gamma: float,
+                  lmbda: float) -> dict[str, torch.Tensor]:
+    """The flat minibatch of segments ``idx`` with its GAE from the current critic, in plain tensors
+    and with no host read (the body of a captured PPO step too: :func:`graphed_ppo_update`)."""
+    o = segments["observation"][idx]
+    per_mb, unroll = o.shape[:2]
+    with torch.no_grad():
+        values = critic(torch.cat([o, segments["next_observation"][idx]], 0))
+        value, next_value = values[:per_mb], values[per_mb:]
+        advantage = segment_gae(segments["reward"][idx], value, next_value, segments["done"][idx],
+                                segments["terminated"][idx], gamma, lmbda)
+    n = per_mb * unroll
+    batch = {"observation": o.reshape(n, -1)}
+    skip = ("observation", "next_observation", "reward", "done", "terminated")
+    batch.update({k: v[idx].reshape(n, *v.shape[2:]) for k, v in segments.items() if k not in skip})
+    batch.update(advantage=advantage.reshape(n, 1), value_target=(advantage + value).reshape(n, 1))
+    return batch
 
 
 def ppo_update(batches: Iterator[TensorDictBase], loss: PolicyLoss, optimize: OptimizeFn, config: PPOConfig,
@@ -194,3 +211,43 @@ def ppo_update(batches: Iterator[TensorDictBase], loss: PolicyLoss, optimize: Op
             sums[k] = sums.get(k, 0.0) + v.detach().float()
         steps += 1
     return {k: float(v) / max(steps, 1) for k, v in sums.items()}
+
+
+def graphed_ppo_update(data: TensorDictBase, loss: PolicyLoss, graphs: StepGraphs, config: PPOConfig,
+                       keys: Sequence[str], critic: Critic, gae: GAE, gae_mode: GAEMode, stage: int, key: Hashable) -> dict[str, float]:
+    """:func:`ppo_update` over :func:`minibatches`' plain-tensor path, each minibatch step taken by
+    ``graphs`` (:class:`gorl.step_graphs.StepGraphs`: on a GPU, one replayed CUDA graph per step).
+
+    The same minibatches (same shuffles, drawn in the same order), advantages, losses and optimiser
+    steps as the eager path (tested); what differs is that the gather of a minibatch, its GAE
+    (``gae="minibatch"``) and the whole optimiser step are inside the step's body. ``key`` names what
+    the caller's ``loss`` decides in Python (the stage's constants, normaliser states).
+    """
+    keys = (*keys, "advantage", "value_target")
+    max_norm = config.at(stage).max_grad_norm
+    if gae_mode == "rollout":
+        with torch.no_grad():
+            gae(data)
+        flat = data.select(*keys).reshape(-1)
+        tensors = {k: flat[k] for k in keys}
+        rows = n_rows = flat.numel()
+        per_mb = min(n_rows, config.minibatch_size)
+
+        def body(d: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> LossAndStats:
+            batch = {k: v[inputs["idx"]] for k, v in d.items()}
+            return loss(batch, advantages(batch, config.normalize_advantage))
+    else:
+        tensors = segment_tensors(data, keys)
+        rows, unroll = data.shape
+        per_mb = max(1, min(rows, config.minibatch_size // unroll))
+
+        def body(d: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> LossAndStats:
+            batch = segment_batch(d, inputs["idx"], critic, config.gamma, config.lmbda)
+            return loss(batch, advantages(batch, config.normalize_advantage))
+
+    graphs.begin(("ppo", gae_mode, key), tensors)
+    for _ in range(config.epochs):
+        perm = torch.randperm(rows, device=data.device)
+        for start in range(0, rows - per_mb + 1, per_mb):
+            graphs.step(body, {"idx": perm[start : start + per_mb]}, max_norm)
+    return graphs.end()
