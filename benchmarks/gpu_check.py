@@ -150,6 +150,9 @@ def fit_rates(report: Report, name: str, configs: list[str], overrides: list[str
                    f"{s['collect_fps']:,.0f} frames/s (first update, compiles included: {s['first_loop_fps']:,.0f}); "
                    f"evaluations of the eval batch: {evals} s")
     report.say(f"- {name}: whole command {secs:.0f} s; refit(s) incl. data collection: {', '.join(f'{f:.1f} s' for f in fits) or 'none'}")
+    for line in text.splitlines():  # a speed setting that could not apply says so once in the log
+        if "[gorl]" in line and ("are off for this run" in line or "step_graphs" in line):
+            report.say(f"  - `{line.strip()[:300]}`")
     return result
 
 
@@ -178,6 +181,7 @@ def refit_rates(report: Report, quick: bool) -> dict:
     from tensordict import TensorDict
 
     from gorl.refinement import DecoderFit, RefinementConfig
+    from gorl.step_graphs import StepGraphs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     obs_dim, act_dim = 15, 4  # hopper-stand
@@ -194,7 +198,7 @@ def refit_rates(report: Report, quick: bool) -> dict:
         data = TensorDict({"observation": torch.randn(n, obs_dim, generator=g), "action": torch.randn(n, act_dim, generator=g).clamp(-3, 3),
                            "latent": torch.randn(n, act_dim, generator=g)}, [n]).to(device)
         cfg = RefinementConfig(**{**ref, "steps": 10_000, "epochs": None, "val_every": 100 if not quick else 10})
-        for precision in ("fp32", "tf32", "bf16", "fp32 compiled"):
+        for precision in ("fp32", "fp32 step graphs", "tf32", "bf16", "fp32 compiled"):
             torch.manual_seed(0)
             decoder = make(obs_dim, act_dim, **model["decoder"]["init_args"]).to(device)
             decoder.fit_obs_statistics(data["observation"])
@@ -208,20 +212,26 @@ def refit_rates(report: Report, quick: bool) -> dict:
                 torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1e9, foreach=True)  # the norm pass a real step makes
                 opt.step()
 
+            graphs = None
+            if precision == "fp32 step graphs":  # model.speed.step_graphs (the warm-up round below captures)
+                graphs = StepGraphs(opt, "decoder refit steps", mode="cuda" if device == "cuda" else "emulate")
             torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
             fit = DecoderFit(cfg, data[: int(0.9 * n)], data[int(0.9 * n):])
             auto = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
             try:
                 with auto:
-                    fit.step(decoder, optimize)  # warm-up round (cuBLAS, fused Adam, first validation)
+                    fit.step(decoder, optimize, graphs=graphs)  # warm-up round (cuBLAS, fused Adam, first validation, capture)
                     if device == "cuda":
                         torch.cuda.synchronize()
                     t0, s0 = time.perf_counter(), fit.steps
                     for _ in range(2 if quick else 5):
-                        fit.step(decoder, optimize)
+                        fit.step(decoder, optimize, graphs=graphs)
                     if device == "cuda":
                         torch.cuda.synchronize()
                 rate = (fit.steps - s0) / (time.perf_counter() - t0)
+                if graphs is not None and not graphs.enabled:
+                    report.say(f"- refit {label}, {precision}: the capture FAILED and it ran eagerly (see the log)")
+                    continue
                 out[(label, precision)] = rate
                 total = FLOW_STEPS if "flow" in label else DIFFUSION_STEPS
                 report.say(f"- refit {label}, {precision}: **{rate:,.0f}** Adam steps/s at batch {cfg.batch_size:,} x "
@@ -276,24 +286,29 @@ def acting_rates(report: Report, quick: bool) -> None:
 
 def ppo_rates(report: Report, quick: bool) -> None:
     """One PPO update at the authors' shape (983,040 frames, 16 epochs x 32 minibatches of 30,720,
-    GAE per minibatch, 4x32 actor, 5x256 critic), eager against ``model.speed.compile`` (the fused
-    loss under torch.compile, ``reduce-overhead`` on a GPU); the compile itself is timed apart."""
+    GAE per minibatch, 4x32 actor, 5x256 critic): eager, with ``model.speed.compile`` (the fused
+    loss under torch.compile, ``reduce-overhead`` on a GPU; the compile itself is timed apart), and
+    with ``model.speed.step_graphs`` (every minibatch step one replayed CUDA graph; on a CPU the
+    emulated graph, which times nothing useful)."""
     import torch
     from ppo_update import plain_optimize, rollout  # benchmarks/ppo_update.py: the same update outside Lightning
 
     from gorl.encoders import EncoderModule
+    from gorl.step_graphs import StepGraphs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, mb = (64, 960) if quick else (32_768, 30_720)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = {}
-    for label in ("eager", "compiled"):
+    for label in ("eager", "step graphs", "compiled"):
         torch.manual_seed(0)
         enc = EncoderModule(15, 4, gae="minibatch", minibatch_size=mb, epochs=16, unroll=30, prior_reg="l2").to(device)
         batch = rollout(rows, device, enc)
         optimize = plain_optimize(enc)
         if label == "compiled":
             enc.compile_loss()
+        if label == "step graphs":
+            enc.use_step_graphs(StepGraphs(optimize.optimizer, "PPO minibatch steps", mode="cuda" if device == "cuda" else "emulate"))
         sync()
         t0 = time.perf_counter()
         enc.train_on(batch.clone(), optimize, 0)  # the first update: warm-up, and for "compiled" the compile
@@ -303,9 +318,9 @@ def ppo_rates(report: Report, quick: bool) -> None:
         enc.train_on(batch.clone(), optimize, 0)
         sync()
         times[label] = time.perf_counter() - t0
-        fell_back = label == "compiled" and not enc._compiled_terms.enabled
+        fell_back = (label == "compiled" and not enc._compiled_terms.enabled) or (label == "step graphs" and not enc._step_graphs.enabled)
         report.say(f"- PPO update, {rows * 30:,} frames, {label}: **{times[label]:.2f} s** (first update {first:.1f} s)"
-                   + (" - the compile FAILED and it ran eagerly (see the log)" if fell_back else ""))
+                   + (" - the compile or capture FAILED and it ran eagerly (see the log)" if fell_back else ""))
     report.data["ppo update"] = times
 
 
@@ -317,12 +332,14 @@ def project(report: Report, name: str, run: dict | None, refits: dict, startup_s
     s0, s1 = run["stages"][0], run["stages"][1]
     evals = [e for s in (s0, s1) for e in s["eval_s"][1:]] or [e for s in (s0, s1) for e in s["eval_s"]]
     eval_s = statistics.median(evals) if evals else float("nan")
-    flow = refits.get(("flow (GoRL-FM)", "fp32"))
+    rates = {p: refits[("flow (GoRL-FM)", p)] for p in ("fp32", "fp32 step graphs") if ("flow (GoRL-FM)", p) in refits}
+    kind = max(rates, key=rates.get) if rates else "fp32"
+    flow = rates.get(kind)
     rows = [
         ("stage 0 encoder phase, 60M frames (identity decoder)", PLAN[0] / s0["loop_fps"]),
         ("stages 1-3 encoder phases, 120M frames (flow decoder)", sum(PLAN[1:]) / s1["loop_fps"]),
         (f"{EVALS} evaluations x 128 episodes ({eval_s:.1f} s each)", EVALS * eval_s),
-        (f"{REFITS} refits x {FLOW_STEPS:,} flow steps (fp32)", REFITS * FLOW_STEPS / flow if flow else float("nan")),
+        (f"{REFITS} refits x {FLOW_STEPS:,} flow steps ({kind})", REFITS * FLOW_STEPS / flow if flow else float("nan")),
         (f"{REFITS} x {REFIT_FRAMES:,} frames of decoder data", REFIT_FRAMES / s0["collect_fps"] + (REFITS - 1) * REFIT_FRAMES / s1["collect_fps"]),
         ("start-up and compiles (this check's first update, measured)", startup_s),
     ]
@@ -357,6 +374,9 @@ def main() -> None:
     p.add_argument("--lean", action="store_true",
                    help="steps 2-3 evaluate (200 steps) and collect refit data (100-step episodes) on the training batch's shape: "
                         "no extra MJX compiles; their evaluation times are then not those of 128 episodes of 1,000 steps")
+    p.add_argument("--eager-steps", action="store_true",
+                   help="steps 2, 3 and 5 without model.speed.step_graphs (by default their gorl fit runs take every optimiser "
+                        "step as a replayed CUDA graph)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -385,6 +405,8 @@ def main() -> None:
 
     accelerator = "cuda" if cuda else "cpu"
     env_device = "cuda" if cuda else "cpu"
+    graphed = [] if args.eager_steps else ["--model.speed.step_graphs", "true"]
+    report.say(f"Training runs (steps 2, 3, 5): {'eager optimiser steps' if args.eager_steps else 'model.speed.step_graphs: true'}.\n")
     q = args.quick
     # Short plans: stage 0 of 3 updates, a short refit, stage 1 of 2 updates.
     def plan(envs: int, rollouts: int, eval_envs: int, updates0: int) -> tuple[list[str], int]:
@@ -396,7 +418,7 @@ def main() -> None:
                 "--model.loop.eval_every", str(10 * frames), "--model.env.eval_envs", str(eval_envs),
                 "--model.refinement.episodes", "null", "--model.refinement.transitions", str(2 * envs * unroll),
                 "--model.refinement.steps", "20" if q else "300", "--model.refinement.val_every", "10" if q else "100",
-                "--checkpoint.every_frames", "1e12"]
+                "--checkpoint.every_frames", "1e12", *graphed]
         if q:
             over += ["--model.encoder.minibatch_size", str(unroll * max(1, envs * rollouts // 32)), "--model.encoder.epochs", "2",
                      "--model.refinement.collect_envs", "4", "--model.refinement.max_episode_steps", "50",
@@ -475,7 +497,7 @@ def main() -> None:
                 over = ["--trainer.accelerator", accelerator, "--model.env.num_workers", str(workers), "--model.env.num_envs", str(envs),
                         "--model.encoder.rollouts_per_update", "2" if q else "16",
                         "--model.loop.stages", f"[{2 * frames}]", "--model.loop.evals_per_stage", "null", "--model.loop.eval_every", str(10 * frames),
-                        "--model.env.eval_envs", "4", "--model.loop.eval_max_steps", "50", "--checkpoint.every_frames", "1e12"]
+                        "--model.env.eval_envs", "4", "--model.loop.eval_max_steps", "50", "--checkpoint.every_frames", "1e12", *graphed]
                 if q:
                     over += ["--model.encoder.minibatch_size", "240", "--model.encoder.epochs", "2"]
                 fit_rates(report, "dmc_16x128", ["conf/hopper.yaml", "conf/recipes/paper_gpu.yaml"], over, min(left() - 10, 180))

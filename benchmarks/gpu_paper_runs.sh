@@ -6,7 +6,13 @@
 # Run on the GPU machine from the repository root, with the dependency bundle carried along
 # (../shared/device/README.md):
 #
-#     bash benchmarks/gpu_paper_runs.sh            # MINUTES=7.5 of training, then a clean stop
+#     bash benchmarks/gpu_paper_runs.sh            # MINUTES=7 of training, then a clean stop
+#
+# STEP_GRAPHS=auto (default) first runs the CUDA-graph tests of tests/test_cuda.py (~30 s): if they
+# pass, every optimiser step of the runs is a replayed CUDA graph (model.speed.step_graphs: the same
+# maths, gorl/step_graphs.py); if not, the runs step eagerly and $OUT/step_graphs_check.log says why.
+# STEP_GRAPHS=true / false skips the check. Speed settings are not part of a run's identity, so a run
+# may change them between commands.
 #
 # It continues whatever benchmarks/logs/<preset>/ holds (runs resume from their archived
 # checkpoints), stops every running fit cleanly after MINUTES (a checkpoint, the closing lines),
@@ -16,7 +22,8 @@
 # is done (results.md and figure.png are in $OUT/runs/).
 set -uo pipefail
 
-MINUTES=${MINUTES:-7.5}
+MINUTES=${MINUTES:-7}
+STEP_GRAPHS=${STEP_GRAPHS:-auto}
 PRESET=${PRESET:-paper-hopper}
 ARCHIVE="benchmarks/logs/${PRESET//-/_}"
 OUT=${OUT:-/tmp/gorl_out}
@@ -28,8 +35,19 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, jax; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| jax', jax.__version__, jax.devices())"
 
+if [ "$STEP_GRAPHS" = auto ]; then
+    if timeout 240 python -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "replayed_from_cuda_graphs" > "$OUT/step_graphs_check.log" 2>&1; then
+        STEP_GRAPHS=true
+    else
+        STEP_GRAPHS=false
+    fi
+    echo "gpu_paper_runs: CUDA-graph check: $(tail -1 "$OUT/step_graphs_check.log") -> step_graphs $STEP_GRAPHS"
+fi
+extra=()
+[ "$STEP_GRAPHS" = true ] && extra=(--override --model.speed.step_graphs true)
+
 start=$(date +%s)
-python benchmarks/learning.py "$PRESET" --stop-after "$MINUTES" --stop-grace 60 2>&1 | tee "$OUT/bench.log"
+python benchmarks/learning.py "$PRESET" --stop-after "$MINUTES" --stop-grace 60 "${extra[@]}" 2>&1 | tee "$OUT/bench.log"
 rc=${PIPESTATUS[0]}
 echo "gpu_paper_runs: $PRESET exited $rc after $(( $(date +%s) - start )) s" | tee -a "$OUT/bench.log"
 

@@ -52,6 +52,7 @@ def plain_optimize(enc: EncoderModule) -> Callable[[torch.Tensor, float | None],
         torch.nn.utils.clip_grads_with_norm_(params, max_norm or 1e9, norm, foreach=True)
         opt.step()
 
+    optimize.optimizer = opt  # for model.speed.step_graphs, which steps it itself
     return optimize
 
 

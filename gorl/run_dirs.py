@@ -33,10 +33,13 @@ FAILED_MARK = "FAILED"
 
 
 def run_identity(config: dict) -> dict:
-    """What makes two calls the same run: what is trained (``model``) and the seed. The rest of a
-    config (trainer, checkpoint cadence, logging, ``ckpt_path``) is how a run is carried out, and a
-    resumed run may change it."""
-    return {"model": config.get("model"), "seed_everything": config.get("seed_everything")}
+    """What makes two calls the same run: what is trained (``model``, less ``model.speed``) and the
+    seed. The rest of a config (trainer, checkpoint cadence, logging, ``ckpt_path``, and the speed
+    settings, which change no maths) is how a run is carried out, and a resumed run may change it."""
+    model = config.get("model")
+    if isinstance(model, dict):
+        model = {k: v for k, v in model.items() if k != "speed"}
+    return {"model": model, "seed_everything": config.get("seed_everything")}
 
 
 def _frames_reached(run_dir: Path) -> int | None:

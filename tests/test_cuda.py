@@ -103,3 +103,43 @@ def test_a_cuda_system_checkpoints_its_loop_state_on_the_cpu():
                 yield from devices(v)
 
     assert set(devices(checkpoint["gorl_loop"])) == {"cpu"}
+
+
+@pytest.mark.parametrize("gae", ["rollout", "minibatch"])
+def test_ppo_steps_replayed_from_cuda_graphs_match_the_eager_steps(gae):
+    """``speed.step_graphs`` for real: the captured PPO steps (two keys, and a re-capture after the
+    optimiser's moments restart) give the eager steps' weights and diagnostics, to float tolerance
+    (the GPU's scatter-add order in the backward of a gather is not fixed)."""
+    from tests.test_step_graphs import _ppo_run
+
+    ref, ref_metrics, _ = _ppo_run(gae, None, device="cuda")
+    enc, metrics, graphs = _ppo_run(gae, "cuda", device="cuda")
+    assert graphs.enabled and graphs.captures == 3
+    for (name, x), y in zip(ref.state_dict().items(), enc.state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(ref_metrics, metrics):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), key
+
+
+@pytest.mark.parametrize("sampling", ["with_replacement", "epoch_permutation"])
+def test_refit_steps_replayed_from_cuda_graphs_fit_the_decoder(sampling):
+    """The captured refit step draws its own noise (CUDA's generator advances on every replay), so
+    it is compared with eager by what it does: the validation loss falls as much."""
+    from gorl.decoders import FlowDecoder
+    from tests.test_step_graphs import _refit_run
+
+    _, ref_metrics, _ = _refit_run(FlowDecoder, sampling, None, rounds=6, device="cuda")
+    _, metrics, graphs = _refit_run(FlowDecoder, sampling, "cuda", rounds=6, device="cuda")
+    assert graphs.enabled and graphs.captures == 1
+    assert metrics[-1]["best_val"] < metrics[0]["val_loss"]
+    assert metrics[-1]["best_val"] == pytest.approx(ref_metrics[-1]["best_val"], rel=0.2)
+
+
+def test_smoke_fit_with_step_graphs_on_cuda(tmp_path):
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cuda",
+                   "--model.speed.step_graphs", "true", cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "final eval/return" in out and "are off for this run" not in out and "step_graphs is off" not in out

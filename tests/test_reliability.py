@@ -248,6 +248,9 @@ def test_last_resumes_only_this_configs_newest_unfinished_run(tmp_path, smoke_ru
     # The finished run's config still finds its own run, not the newer one of another config.
     res = gorl_in_process("fit", *smoke, "--ckpt_path", "last")
     assert res.returncode == 2 and "runs/gorl/version_0, finished" in res.stderr.strip().splitlines()[-1]
+    # Speed settings change no maths: a resume may change them and still finds its run.
+    res = gorl_in_process("fit", *smoke, "--model.speed.matmul_precision", "high", "--ckpt_path", "last")
+    assert res.returncode == 2 and "runs/gorl/version_0, finished" in res.stderr.strip().splitlines()[-1]
 
 
 class _RunsCode:

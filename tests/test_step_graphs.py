@@ -57,22 +57,23 @@ def _plain_optimize(opt: torch.optim.Optimizer):
     return optimize
 
 
-def _ppo_run(gae: str, mode: str | None, updates: int = 4, restart_at: int = 2):
+def _ppo_run(gae: str, mode: str | None, updates: int = 4, restart_at: int = 2, device: str = "cpu"):
     """Four PPO updates (observation statistics empty in the first: two keys), with the optimiser's
     moments restarted before update ``restart_at`` as a new stage does; episodes end mid-segment."""
     torch.manual_seed(0)
     enc = _encoder(gae=gae, prior_reg="l2", prior_coef=[0.0, 1e-3], max_grad_norm=0.5)
+    rollouts = [_fixed_rollout(enc, seed=u) for u in range(updates)]
+    enc = enc.to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3, fused=True)
     graphs = None if mode is None else StepGraphs(opt, "PPO minibatch steps", mode=mode)
     enc.use_step_graphs(graphs)
     metrics = []
-    for u in range(updates):
+    for u, rollout in enumerate(rollouts):
         if u == restart_at:
             opt.state.clear()
-        rollout = _fixed_rollout(enc, seed=u)
         rollout["next", "done"][:, 5] = True
         torch.manual_seed(100 + u)
-        metrics.append(enc.train_on(rollout, _plain_optimize(opt), stage=1))
+        metrics.append(enc.train_on(rollout.to(device), _plain_optimize(opt), stage=1))
     return enc, metrics, graphs
 
 
@@ -99,7 +100,7 @@ def test_graphed_ppo_updates_take_the_eager_steps(eager_ppo, gae, mode):
         assert graphs.captures == 3
 
 
-def _refit_run(cls, sampling: str, mode: str | None, rounds: int = 3):
+def _refit_run(cls, sampling: str, mode: str | None, rounds: int = 3, device: str = "cpu"):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     n = 256
@@ -112,9 +113,10 @@ def _refit_run(cls, sampling: str, mode: str | None, rounds: int = 3):
                            batch_sampling=sampling)
     dec = cls(3, 2, hidden=[16, 16], **({"steps": 4} if cls is FlowDecoder else {}))
     dec.fit_obs_statistics(obs)
+    dec = dec.to(device)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-2, fused=True)
     graphs = None if mode is None else StepGraphs(opt, "decoder refit steps", mode=mode)
-    fit = DecoderFit(cfg, data[:224], data[224:], seed=3)
+    fit = DecoderFit(cfg, data[:224].to(device), data[224:].to(device), seed=3)
     metrics = [fit.step(dec, _plain_optimize(opt), graphs=graphs) for _ in range(rounds)]
     return dec, metrics, graphs
 
