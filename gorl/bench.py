@@ -196,7 +196,9 @@ def read_run(run_dir: Path) -> dict | None:
     if not done.exists() or not metrics.exists():
         return None
     rows = run_rows(run_dir / "metrics.csv")
-    curve = [(float(r["loop/frames"]), float(r["eval/return"])) for r in rows if r.get("eval/return") and r.get("loop/frames")]
+    # eval/frames: the frames at which the evaluated agent was frozen (lane evaluations are recorded later)
+    curve = [(float(r.get("eval/frames") or r["loop/frames"]), float(r["eval/return"])) for r in rows
+             if r.get("eval/return") and (r.get("eval/frames") or r.get("loop/frames"))]
     collect = max((float(r["loop/collect_frames"]) for r in rows if r.get("loop/collect_frames")), default=0.0)
     return {"final_return": curve[-1][1], "curve": curve, "decoder_data_frames": collect, "stages": stage_records(rows),
             **json.loads(done.read_text())}

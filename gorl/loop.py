@@ -64,6 +64,12 @@ class LoopConfig:
             pipeline) or, ``false``, with sampled latents (their humanoid profile's
             ``evaluation.deterministic = false``); either way the stage's best encoder is picked by
             these returns.
+        eval_lanes: ``0`` (default): every evaluation steps an env of its own, the training
+            waiting (the authors'). ``k >= 1`` (the MJX backend, one process): the evaluations
+            after updates run in ``k * env.eval_envs`` extra lanes of the training batch while
+            training goes on, up to ``k`` at once, each of the agent as it was when due, and are
+            recorded when they end (:mod:`gorl.eval_lanes` says what that keeps and what it
+            changes). Each stage's first and last evaluations stay as they are.
     """
 
     stages: list[float] = field(default_factory=lambda: [60e6, 60e6, 30e6, 30e6])
@@ -72,8 +78,11 @@ class LoopConfig:
     eval_schedule: EvalSchedule = "authors"
     eval_max_steps: int = 1000
     eval_deterministic: bool = True
+    eval_lanes: int = 0
 
     def __post_init__(self) -> None:
+        if self.eval_lanes < 0:
+            raise ConfigError(f"loop.eval_lanes must be >= 0, got {self.eval_lanes}")
         if not self.stages or any(s <= 0 for s in self.stages):
             raise ConfigError(f"loop.stages must be a non-empty list of positive frame counts, got {self.stages}")
         if self.eval_every <= 0:

@@ -192,6 +192,9 @@ class RefinementConfig:
                 raise ConfigError(f"refinement.{name} must be >= 1 or null, got {value}")
         if self.steps is not None and self.val_every is None:
             raise ConfigError("refinement.val_every must be set when the fit is measured in steps")
+        if not isinstance(self.transitions, int) or isinstance(self.transitions, bool):
+            raise ConfigError(f"refinement.transitions must be an integer >= 2 (set refinement.episodes to collect episodes "
+                              f"instead), got {self.transitions!r}")
         if self.transitions < 2 or self.batch_size < 1:
             raise ConfigError(f"refinement.transitions must be >= 2 and batch_size >= 1, got {self.transitions}, {self.batch_size}")
         if self.target_clip is not None and self.target_clip <= 0:

@@ -64,6 +64,7 @@ from gorl.encoders import LatentEncoder
 from gorl.errors import CheckpointError, ConfigError, DataQualityError, NonFiniteError
 from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, data_return_mean, split, top_q_episodes
+from gorl.eval_lanes import LaneEvaluations
 from gorl.step_graphs import StepGraphs
 
 Phase = Literal["encoder", "decoder", "done"]
@@ -220,6 +221,18 @@ class StageHost(Protocol):
         """Backward, gradient sync, clip and one step of ``which``'s optimiser (NaN-guarded)."""
         ...
 
+    def eval_lanes(self) -> LaneEvaluations | None:
+        """Evaluations run in side lanes of the training batch (``loop.eval_lanes``), or ``None``."""
+        ...
+
+    def finish_eval_lanes(self) -> None:
+        """Step the side lanes alone until every queued lane evaluation has ended."""
+        ...
+
+    def new_row(self) -> None:
+        """Write the metrics recorded so far as a row of their own (two results in one iteration)."""
+        ...
+
     def step_graphs(self, which: Which) -> StepGraphs | None:
         """What takes ``which``'s optimiser steps as CUDA graphs (``model.speed.step_graphs``,
         :mod:`gorl.step_graphs`), or ``None``: every step through :meth:`optimize`."""
@@ -306,14 +319,27 @@ class StageCycle:
         """One iteration of the loop: an encoder update, or a step of the decoder refit. Returns
         whether the plan is done."""
         st = self.state
+        self._eval_in_row = False
         if st.phase == "encoder":
             self.encoder_iteration()
         elif st.phase == "decoder":
             self.decoder_iteration()
         st.iteration += 1
+        self.record_loop_metrics()
+        return st.phase == "done"
+
+    def record_loop_metrics(self) -> None:
+        st = self.state
         self.host.record_metrics({"loop/stage": st.stage, "loop/phase": float(st.phase != "encoder"), "loop/frames": st.frames,
                                   "loop/collect_frames": st.collect_frames})
-        return st.phase == "done"
+
+    def eval_row(self) -> None:
+        """Make room for an evaluation's metrics: a row holds one (an iteration may finish lane
+        evaluations and then make its own; the earlier ones go out in rows of their own)."""
+        if getattr(self, "_eval_in_row", False):
+            self.record_loop_metrics()
+            self.host.new_row()
+        self._eval_in_row = True
 
     # --- 1. the encoder phase ----------------------------------------------------------------------
     def encoder_iteration(self) -> None:
@@ -336,11 +362,18 @@ class StageCycle:
         st.stage_updates += 1
         host.record_metrics({f"encoder/{k}": v for k, v in metrics.items()})
         host.record_metrics({"perf/fps": frames / (t2 - t0), "perf/collect_fps": frames / (t1 - t0)})
+        self.take_lane_results()  # evaluations in the training batch's side lanes that ended during this rollout
         phase_over = st.encoder_phase_over(cfg)
-        if st.eval_due(cfg) or phase_over:
-            self.evaluate()
         if phase_over:
+            self.finish_lane_evaluations()  # every evaluation of the phase counts, in order, before its last
+            self.evaluate()
             self.end_encoder_phase()
+        elif st.eval_due(cfg):
+            lanes = host.eval_lanes()
+            if lanes is None:
+                self.evaluate()
+            else:
+                self.start_lane_evaluation(lanes)
 
     # --- 2. evaluation and the stage's best encoder ---------------------------------------------------
     def evaluate(self) -> None:
@@ -348,14 +381,48 @@ class StageCycle:
         st = self.state
         t0 = time.perf_counter()
         mean, std = self.host.evaluate_returns()
+        self.eval_row()
         self.host.record_metrics({"perf/eval_seconds": time.perf_counter() - t0})
         st.last_eval_frames = st.frames
         self.offer_best(mean)
-        self.host.record_metrics({"eval/return": mean, "eval/return_std": std})
+        self.host.record_metrics({"eval/return": mean, "eval/return_std": std, "eval/frames": st.frames})
         self.last_eval_return = mean
         rank_zero_info(f"[gorl] stage {st.stage} | frames {st.frames:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f}")
 
-    def offer_best(self, mean_return: float) -> bool:
+    def start_lane_evaluation(self, lanes: LaneEvaluations) -> None:
+        """``loop.eval_lanes``: queue an evaluation of the encoder as it is now, to run in side
+        lanes of the training batch while training goes on (:mod:`gorl.eval_lanes`)."""
+        st = self.state
+        snapshot = self.encoder.snapshot()
+        lanes.start({"stage": st.stage, "frames": st.frames, "snapshot": snapshot}, snapshot)
+        st.last_eval_frames = st.frames
+
+    def take_lane_results(self) -> None:
+        """Record the lane evaluations that have ended, in the order they were due, each in its
+        own metrics row, and offer each frozen agent as the stage's best."""
+        lanes = self.host.eval_lanes()
+        if lanes is None:
+            return
+        for tag, returns in lanes.take_results():
+            self.eval_row()
+            mean = float(returns.mean())
+            std = float(returns.std()) if returns.numel() > 1 else 0.0
+            self.offer_best(mean, tag["snapshot"])
+            self.host.record_metrics({"eval/return": mean, "eval/return_std": std, "eval/frames": tag["frames"]})
+            self.last_eval_return = mean
+            rank_zero_info(f"[gorl] stage {tag['stage']} | frames {tag['frames']:,}/{self.loop_cfg.total_frames:,} | eval/return {mean:.1f} "
+                           f"(in the training batch's side lanes, ended at frame {self.state.frames:,})")
+
+    def finish_lane_evaluations(self) -> None:
+        """Run the lane evaluations still going to their end (side lanes alone) and record them."""
+        lanes = self.host.eval_lanes()
+        if lanes is not None and lanes.pending():
+            t0 = time.perf_counter()
+            self.host.finish_eval_lanes()
+            self.host.record_metrics({"perf/eval_lanes_drain_seconds": time.perf_counter() - t0})
+            self.take_lane_results()
+
+    def offer_best(self, mean_return: float, snapshot: dict[str, torch.Tensor] | None = None) -> bool:
         """The best-encoder rule: an evaluation whose mean return is strictly above every earlier
         one of the stage makes the evaluated encoder the stage's best (a tie keeps the earlier one),
         as ``record.return_mean > best_return`` in the authors' ``train_stage``
@@ -363,7 +430,7 @@ class StageCycle:
         whether it did."""
         if mean_return > self.state.best_return:
             self.state.best_return = mean_return
-            self.best_encoder = self.encoder.snapshot()
+            self.best_encoder = self.encoder.snapshot() if snapshot is None else snapshot
             return True
         return False
 

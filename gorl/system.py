@@ -37,15 +37,16 @@ from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
 from gorl.encoders import EncoderModule, LatentEncoder
 from gorl.envs.factory import EnvConfig, env_dims, make_env
 from gorl.errors import CheckpointError, ConfigError, EnvWorkerError
+from gorl.eval_lanes import LaneEvaluations
 from gorl.evaluation import episode_returns, evaluate
 from gorl.inference import META_KEY, policy_meta
 from gorl.loop import LoopConfig
 from gorl.networks import ActionSemantics, ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
-from gorl.step_graphs import StepGraphs
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig
 from gorl.stage_cycle import DecoderSlot, LoopState, StageCycle, Which, check_observations, summary_table
+from gorl.step_graphs import StepGraphs
 
 EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
@@ -148,10 +149,13 @@ class GoRLSystem(pl.LightningModule):
         self.refine_cfg = refinement or RefinementConfig()
         self.seed = int(seed)
         self.speed_cfg = speed or SpeedConfig()
+        if self.loop_cfg.eval_lanes and self.env_cfg.backend != "mjx":
+            raise ConfigError("loop.eval_lanes runs evaluations in spare lanes of the MJX training batch: it needs env.backend: mjx")
         obs_dim, act_dim, low, high = env_dims(self.env_cfg)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self._make_decoder: DecoderFactory = decoder or FlowDecoder
-        self.encoder = (encoder or EncoderModule)(obs_dim, act_dim)
+        self._encoder_factory: EncoderFactory = encoder or EncoderModule
+        self.encoder = self._encoder_factory(obs_dim, act_dim)
         self.identity = IdentityDecoder(obs_dim, act_dim)
         self.decoder = self._make_decoder(obs_dim, act_dim)  # acts from stage 1 on
         self.trainee = self._make_decoder(obs_dim, act_dim)  # being fitted during a refinement
@@ -242,7 +246,8 @@ class GoRLSystem(pl.LightningModule):
             return
         rank = self.trainer.global_rank if self._trainer is not None else 0
         seed = self.seed + 10_000 * rank
-        self._envs["train"] = make_env(self.env_cfg, seed=seed)
+        side = self.loop_cfg.eval_lanes * self.env_cfg.eval_envs  # loop.eval_lanes (gorl/eval_lanes.py)
+        self._envs["train"] = make_env(self.env_cfg, seed=seed, side_envs=side, side_seed=seed + 2_000_000)
         self._envs["eval"] = make_env(self.env_cfg, seed=seed + 1_000_000, num_envs=self.env_cfg.eval_envs, num_workers=1)
 
     def on_fit_start(self) -> None:
@@ -257,6 +262,7 @@ class GoRLSystem(pl.LightningModule):
         if self.speed_cfg.compile:
             self._compile_losses()
         self._use_step_graphs()
+        self._use_eval_lanes()
 
     def _use_graphs(self) -> None:
         """Replay the acting chain from CUDA graphs (gorl/acceleration.py) where it is safe to."""
@@ -311,6 +317,49 @@ class GoRLSystem(pl.LightningModule):
 
     def step_graphs(self, which: Which) -> StepGraphs | None:
         return getattr(self, "_graphs", {}).get(which)
+
+    def _use_eval_lanes(self) -> None:
+        """``loop.eval_lanes``: evaluations in side lanes of the training batch (gorl/eval_lanes.py)."""
+        self._lanes: LaneEvaluations | None = None
+        self._shadows: dict[int, tuple[LatentEncoder, Callable]] = {}
+        if not self.loop_cfg.eval_lanes:
+            return
+        if self.trainer.world_size > 1:
+            raise ConfigError("loop.eval_lanes runs in one process: set it to 0 under DDP")
+        self._lanes = LaneEvaluations(self.loop_cfg.eval_lanes, self.env_cfg.eval_envs, self.loop_cfg.eval_max_steps, self._lane_chain)
+        self._lanes.device = self.train_env.device
+        self.train_env.lanes = self._lanes
+
+    def _lane_chain(self, group: int, snapshot: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The acting chain of ``snapshot`` for lane group ``group``: its own copy of the encoder
+        (loaded in place, so a captured CUDA graph of it stays valid), the stage's decoder, tanh."""
+        if group not in self._shadows:
+            shadow = self._encoder_factory(self.obs_dim, self.act_dim).to(self.device).eval()
+            shadow.bounded_latent = self.encoder.bounded_latent
+            policy = LatentPolicy(shadow.act, self._decode, self.squash)
+            chain = policy.chain
+            if self.policy.graphed is not None:  # the CUDA-graph path of the training policy (gorl/acceleration.py)
+                chain = GraphedChain(policy.chain, lambda s=shadow: (id(self.acting_decoder()), tuple(m.empty for m in s.modules() if isinstance(m, RunningNorm))))
+            self._shadows[group] = (shadow, chain)
+        shadow, chain = self._shadows[group]
+        shadow.load_state_dict(snapshot)
+        deterministic = self.loop_cfg.eval_deterministic
+
+        @torch.no_grad()
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            return chain(obs.to(self.device), deterministic)["action"]
+
+        return act
+
+    def eval_lanes(self) -> LaneEvaluations | None:
+        return getattr(self, "_lanes", None)
+
+    def finish_eval_lanes(self) -> None:
+        while self._lanes is not None and self._lanes.pending():
+            self.train_env.step_side()
+
+    def new_row(self) -> None:
+        self._flush_metrics()
 
     def _compile_losses(self) -> None:
         """``model.speed.compile``: the encoder's minibatch loss and every decoder trainee's loss."""
@@ -523,6 +572,9 @@ class GoRLSystem(pl.LightningModule):
 
     # --- checkpoints: the loop's state travels with the weights -----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lane evaluations still running end now (side lanes alone), so the checkpoint holds their
+        # results and its best encoder has seen them (gorl/eval_lanes.py).
+        self.cycle.finish_lane_evaluations()
         # Metric rows up to the checkpoint go to disk with it (CSV buffers 100 rows), so a killed run
         # leaves its curve up to where a resume picks it up again.
         for logger in self.loggers:

@@ -53,6 +53,12 @@ class ScriptedHost:
     def step_graphs(self, which):
         return None
 
+    def eval_lanes(self):
+        return None
+
+    def new_row(self) -> None:
+        pass
+
     def check_finite(self) -> None:
         pass
 

@@ -193,10 +193,15 @@ def eval_points(metrics: dict[str, np.ndarray], x: str = "loop/frames", y: str =
 
     Lightning repeats the last ``on_step`` value of a metric in later rows until it is logged again,
     so rows are kept where the value (or its ``_std`` companion) changes, plus the first and last.
+    An evaluation's x in frames is the ``eval/frames`` it records (the frames at which its agent was
+    frozen: an evaluation in the training batch's side lanes, ``loop.eval_lanes``, is recorded some
+    updates later), where a run has that column.
     """
     if y not in metrics or x not in metrics:
         return np.array([]), np.array([])
     xs, ys = metrics[x], metrics[y]
+    if x == "loop/frames" and y.startswith("eval/") and "eval/frames" in metrics:
+        xs = np.where(np.isfinite(metrics["eval/frames"]), metrics["eval/frames"], xs)
     std = metrics.get(f"{y}_std", np.zeros_like(ys))
     ok = np.isfinite(xs) & np.isfinite(ys)
     xs, ys, std = xs[ok], ys[ok], np.nan_to_num(std[ok])

@@ -111,7 +111,7 @@ def _import(path: str) -> Callable[..., EnvBase]:
         raise ConfigError(f"env.factory {path!r} cannot be imported: {err}") from None
 
 
-def _base_maker(cfg: EnvConfig, seed: int, num_envs: int) -> tuple[Callable[[], EnvBase], bool]:
+def _base_maker(cfg: EnvConfig, seed: int, num_envs: int, side_envs: int = 0, side_seed: int = 0) -> tuple[Callable[[], EnvBase], bool]:
     """A zero-argument env maker and whether the env it makes is already batched."""
     if cfg.factory is not None:
         return partial(_import(cfg.factory), **cfg.factory_kwargs), False
@@ -123,7 +123,8 @@ def _base_maker(cfg: EnvConfig, seed: int, num_envs: int) -> tuple[Callable[[], 
         from gorl.envs.mjx import MJXBatchEnv, check_task
 
         check_task(cfg.task)
-        return partial(MJXBatchEnv, cfg.task, num_envs=num_envs, seed=seed, device=cfg.device, impl=cfg.mjx_impl), True
+        return partial(MJXBatchEnv, cfg.task, num_envs=num_envs, seed=seed, device=cfg.device, impl=cfg.mjx_impl,
+                       side_envs=side_envs, side_seed=side_seed), True
     from gorl.envs.dmc import DMControlBatchEnv, parse_task
 
     parse_task(cfg.task)  # fail fast with the list of valid tasks, before any process starts
@@ -157,8 +158,12 @@ def check_action_spec(env: EnvBase) -> None:
         raise ConfigError("unsupported action spec: its bounds must be finite")
 
 
-def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, num_workers: int | None = None) -> EnvBase:
-    """The env of ``cfg`` with per-env seeds ``seed + i`` (i over every copy of every worker)."""
+def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, num_workers: int | None = None,
+             side_envs: int = 0, side_seed: int = 0) -> EnvBase:
+    """The env of ``cfg`` with per-env seeds ``seed + i`` (i over every copy of every worker);
+    ``side_envs`` extra lanes seeded ``side_seed + i`` (the MJX backend: ``loop.eval_lanes``)."""
+    if side_envs and cfg.backend != "mjx":
+        raise ConfigError("side lanes (loop.eval_lanes) need env.backend: mjx")
     num_envs = cfg.num_envs if num_envs is None else num_envs
     num_workers = cfg.num_workers if num_workers is None else num_workers
     if _is_dm_control(cfg) and num_workers > 1:
@@ -170,7 +175,7 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, num_workers
         return env
     makers, batched = [], True
     for w in range(num_workers):
-        maker, batched = _base_maker(cfg, seed + w * num_envs, num_envs)
+        maker, batched = _base_maker(cfg, seed + w * num_envs, num_envs, side_envs, side_seed)
         makers.append(maker)
     if batched:
         env = makers[0]() if num_workers == 1 else ParallelEnv(num_workers, [EnvCreator(m) for m in makers])

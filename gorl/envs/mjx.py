@@ -219,9 +219,9 @@ def mjx_dims(task: str, impl: str = "jax") -> tuple[int, int]:
 
 
 @lru_cache(maxsize=None)
-def _functions(task: str, impl: str, episode_length: int) -> tuple[Any, Any, Any]:
-    """The jitted batch ``step``, ``fresh`` (initial states) and masked ``merge`` of a task
-    (each compiled per batch size on first use)."""
+def _functions(task: str, impl: str, episode_length: int) -> tuple[Any, Any, Any, Any]:
+    """The jitted batch ``step``, ``fresh`` (initial states), masked ``merge`` and ``keep`` of a
+    task (each compiled per batch size on first use)."""
     jax, _ = _modules()
     jnp = jax.numpy
     env = _playground_env(task, impl)
@@ -257,10 +257,21 @@ def _functions(task: str, impl: str, episode_length: int) -> tuple[Any, Any, Any
         keys = jnp.where(mask[:, None], next_keys, keys)  # only a reset env moves on in its stream
         return state, jnp.where(mask, 0, t), keys, state.obs, jnp.zeros((n, 1), bool), jnp.zeros((n, 1), bool)
 
+    def keep(new_state, new_t, state, t, mask):
+        """``new`` where ``mask``, the old state elsewhere: a step of some lanes only."""
+        n = mask.shape[0]
+
+        def pick(new, old):
+            if new.ndim == 0 or new.shape[0] != n:
+                return new
+            return jnp.where(mask.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
+
+        return jax.tree_util.tree_map(pick, new_state, state), jnp.where(mask, new_t, t)
+
     # Two functions rather than one: the physics (``fresh``) compiles once per batch size, the
     # masked merge (no physics, compiles in well under a second) is what differs between the first
     # reset (no state yet) and the partial ones.
-    return jax.jit(step), jax.jit(fresh), jax.jit(merge)
+    return jax.jit(step), jax.jit(fresh), jax.jit(merge), jax.jit(keep)
 
 
 def _jax_device(jax: Any, device: torch.device) -> Any:
@@ -285,12 +296,19 @@ class MJXBatchEnv(EnvBase):
         device: where the simulator runs and its outputs live (``cpu`` or ``cuda[:k]``).
         impl: MJX pipeline, ``jax`` or ``warp`` (module docstring).
         episode_length: steps before ``truncated`` (Playground's suite default 1000).
+        side_envs: extra lanes stepped in the same call as the batch, outside its TorchRL interface:
+            ``loop.eval_lanes`` runs evaluation episodes there (:class:`gorl.eval_lanes.LaneEvaluations`,
+            attached as :attr:`lanes`). Side lane ``i`` draws its initial states from key
+            ``side_seed + i``. The batch's own lanes never see them: their resets, seeds and
+            trajectories are those of an env without side lanes (tested).
     """
 
     def __init__(self, task: str, num_envs: int = 16, seed: int = 0, device: str | torch.device = "cpu",
-                 impl: str = "jax", episode_length: int = EPISODE_LENGTH) -> None:
+                 impl: str = "jax", episode_length: int = EPISODE_LENGTH, side_envs: int = 0, side_seed: int = 0) -> None:
         if num_envs < 1:
             raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
+        if side_envs < 0:
+            raise ConfigError(f"side_envs must be >= 0, got {side_envs}")
         if episode_length < 1:
             raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
         jax, _ = _modules()
@@ -298,10 +316,14 @@ class MJXBatchEnv(EnvBase):
         self._jax, self._jdev = jax, _jax_device(jax, device)
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
         self.task, self.num_envs, self.impl = task, num_envs, impl
+        self.side_envs, self._side_seed = side_envs, side_seed
+        self.lanes = None  # what acts in the side lanes and reads their outcomes (gorl.eval_lanes)
+        self._side_obs: torch.Tensor | None = None
         obs_dim, act_dim = mjx_dims(task, impl)
-        self._step_fn, self._fresh_fn, self._merge_fn = _functions(task, impl, episode_length)
+        self._act_dim = act_dim
+        self._step_fn, self._fresh_fn, self._merge_fn, self._keep_fn = _functions(task, impl, episode_length)
         self._state = None
-        self._t = jax.device_put(jax.numpy.zeros(num_envs, jax.numpy.int32), self._jdev)
+        self._t = jax.device_put(jax.numpy.zeros(num_envs + side_envs, jax.numpy.int32), self._jdev)
         self._keys = None
         self._set_seed(seed)
 
@@ -329,26 +351,75 @@ class MJXBatchEnv(EnvBase):
         data = {"observation": torch.from_dlpack(obs), "terminated": term, "truncated": trunc, "done": term | trunc}
         if reward is not None:
             data["reward"] = torch.from_dlpack(reward)
-        return TensorDict(data, batch_size=self.batch_size, device=self.device)
+        return TensorDict(data, batch_size=data["observation"].shape[:1], device=self.device)
 
     # --- EnvBase API -------------------------------------------------------------------------
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         if self._state is None:
             raise RuntimeError("MJXBatchEnv.step before reset")
-        self._state, self._t, obs, rew, term, trunc = self._step_fn(self._state, self._t, self._to_jax(tensordict.get("action")))
-        return self._out(obs, rew, term, trunc)
+        action = tensordict.get("action")
+        if self.side_envs:
+            action = torch.cat([action.to(self.device, torch.float32), self._side_actions()])
+        self._state, self._t, obs, rew, term, trunc = self._step_fn(self._state, self._t, self._to_jax(action))
+        return self._split(obs, rew, term, trunc)
+
+    def _split(self, obs: Any, rew: Any | None, term: Any, trunc: Any) -> TensorDictBase:
+        """The batch's outputs; the side lanes' go to :attr:`lanes`."""
+        out = self._out(obs, rew, term, trunc)
+        if not self.side_envs:
+            return out
+        n = self.num_envs
+        self._side_obs = out["observation"][n:]
+        if rew is not None and self.lanes is not None:
+            self.lanes.observe(out["reward"][n:], out["done"][n:])
+        return out[:n]
+
+    def _side_actions(self) -> torch.Tensor:
+        """The side lanes' actions: :attr:`lanes`' for the lanes it runs (after resetting those
+        it starts now), zeros for idle ones."""
+        starting = None if self.lanes is None else self.lanes.take_resets()
+        if starting is not None:
+            self.reset_side(starting)
+        if self.lanes is None or not self.lanes.running:
+            return torch.zeros(self.side_envs, self._act_dim, device=self.device)
+        return self.lanes.act(self._side_obs).to(self.device, torch.float32)
+
+    def reset_side(self, lanes: torch.Tensor) -> None:
+        """Fresh episodes in the side lanes ``lanes`` (a bool mask ``[side_envs]``); the batch's
+        lanes are untouched."""
+        mask = torch.cat([torch.zeros(self.num_envs, dtype=torch.bool, device=self.device), lanes.to(self.device, torch.bool)])
+        fresh, next_keys = self._fresh_fn(self._keys)
+        self._state, self._t, self._keys, obs, _, _ = self._merge_fn(fresh, next_keys, self._state, self._t, self._keys,
+                                                                      self._jax.dlpack.from_dlpack(mask.contiguous()))
+        self._side_obs = torch.from_dlpack(obs)[self.num_envs:]
+
+    @torch.no_grad()
+    def step_side(self) -> None:
+        """One step of the side lanes alone, the batch's lanes held as they are (their state and
+        step count): how evaluations still running are finished when the batch may not move (the
+        end of a phase, a checkpoint). It costs a step of the whole batch."""
+        n = self.num_envs
+        action = torch.cat([torch.zeros(n, self._act_dim, device=self.device), self._side_actions()])
+        mask = torch.cat([torch.zeros(n, dtype=torch.bool, device=self.device), torch.ones(self.side_envs, dtype=torch.bool, device=self.device)])
+        new_state, new_t, obs, rew, term, trunc = self._step_fn(self._state, self._t, self._to_jax(action))
+        self._state, self._t = self._keep_fn(new_state, new_t, self._state, self._t, self._jax.dlpack.from_dlpack(mask.contiguous()))
+        self._split(obs, rew, term, trunc)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         jnp = self._jax.numpy
         mask = None if tensordict is None else tensordict.get("_reset", None)
+        total = self.num_envs + self.side_envs
         if mask is None or self._state is None:
-            mask_j = self._jax.device_put(jnp.ones(self.num_envs, bool), self._jdev)
+            mask_j = self._jax.device_put(jnp.ones(total, bool), self._jdev)
         else:
-            mask_j = self._jax.dlpack.from_dlpack(mask.reshape(-1).to(self.device, torch.bool).contiguous())
+            mask = mask.reshape(-1).to(self.device, torch.bool)
+            if self.side_envs:  # the batch's resets never restart a side lane
+                mask = torch.cat([mask, torch.zeros(self.side_envs, dtype=torch.bool, device=self.device)])
+            mask_j = self._jax.dlpack.from_dlpack(mask.contiguous())
         fresh, next_keys = self._fresh_fn(self._keys)
         state = fresh if self._state is None else self._state
         self._state, self._t, self._keys, obs, term, trunc = self._merge_fn(fresh, next_keys, state, self._t, self._keys, mask_j)
-        return self._out(obs, None, term, trunc)
+        return self._split(obs, None, term, trunc)
 
     @torch.no_grad()
     def deterministic_returns(self, act: Callable[[torch.Tensor], torch.Tensor], max_steps: int) -> torch.Tensor:
@@ -358,6 +429,8 @@ class MJXBatchEnv(EnvBase):
         per-step TensorDict work (and its host reads of ``done``) costs more than the GPU's step;
         here each step is one jitted call and the policy, with the running sums on the device,
         read once at the end (and every ``CHECK_EVERY`` steps, to stop when every episode ended)."""
+        if self.side_envs:
+            raise RuntimeError("deterministic_returns runs on an evaluation env, not one with side lanes")
         obs = self.reset().get("observation")
         total = torch.zeros(self.num_envs, device=self.device)
         alive = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
@@ -379,6 +452,9 @@ class MJXBatchEnv(EnvBase):
             return
         jax = self._jax
         seeds = jax.numpy.arange(self.num_envs, dtype=jax.numpy.uint32) + jax.numpy.uint32(seed)
+        if self.side_envs:
+            side = jax.numpy.arange(self.side_envs, dtype=jax.numpy.uint32) + jax.numpy.uint32(self._side_seed)
+            seeds = jax.numpy.concatenate([seeds, side])
         # Takes effect at the next reset, as for dm_control (the collector resets after seeding).
         self._keys = jax.device_put(jax.vmap(jax.random.PRNGKey)(seeds), self._jdev)
 
