@@ -18,11 +18,16 @@ because no call has timed it yet):
    stage 1 with a short refit between them), read from its ``metrics.csv``: loop and collection
    frames/s per stage (stage 0 acts through the identity, later stages through the 10-step flow
    decoder), the update's time, and the time of one evaluation of 128 episodes of 1,000 steps;
-3. the same at the many-env shape (16,384 envs x 2 unrolls, ``conf/recipes/paper_gpu_wide.yaml``);
+3. the same at the many-env shape (16,384 envs x 2 unrolls, ``conf/recipes/paper_gpu_wide.yaml``),
+   with the evaluations after updates in side lanes of the batch (``--eval-lanes``,
+   ``loop.eval_lanes``) and the phase-end wait for them timed;
 4. the acting chain per env step, eager and from a CUDA graph; one PPO update at the authors' shape,
-   eager and with ``model.speed.compile``; decoder refits at the authors' batch (8,192 pairs x 8 draws), the real ``DecoderFit`` with its
-   validations, for the recipes' flow (GoRL-FM) and diffusion (GoRL-diffusion, with the pairwise
-   term) decoders, in float32, TF32, bf16 autocast and compiled float32: Adam steps/s;
+   eager, with ``model.speed.step_graphs`` and with ``model.speed.compile``; decoder refits at the
+   authors' batch (8,192 pairs x 8 draws), the real ``DecoderFit`` with its validations, for the
+   recipes' flow (GoRL-FM) and diffusion (GoRL-diffusion, with the pairwise term) decoders, in
+   float32, float32 with step graphs, TF32, bf16 autocast and compiled float32: Adam steps/s;
+
+Steps 2, 3 and 5 train with ``model.speed.step_graphs: true`` (``--eager-steps``: without).
 5. dm_control with 15 worker processes (16 shards of 128 envs) and CUDA networks: frames/s;
 6. DDP: the smoke plan in 2 processes sharing the one GPU (gloo), every rank's weights identical;
 7. the projected 180M-frame plan time per shape from the rates above, each phase shown.
@@ -139,6 +144,9 @@ def fit_rates(report: Report, name: str, configs: list[str], overrides: list[str
         evals = [_num(r, "perf/eval_seconds") for r in rows if _num(r, "perf/eval_seconds") is not None and _num(r, "loop/stage") == stage]
         result["stages"][int(stage)] = {"loop_fps": loop, "collect_fps": collect, "first_loop_fps": _num(ups[0], "perf/fps"),
                                          "updates": len(ups), "eval_s": evals}
+    result["drain_s"] = [_num(r, "perf/eval_lanes_drain_seconds") for r in rows if _num(r, "perf/eval_lanes_drain_seconds") is not None]
+    if result["drain_s"]:
+        report.say(f"- {name}: lane evaluations finished at the phase ends in {', '.join(f'{d:.1f} s' for d in result['drain_s'])}")
     fits = [_num(r, "perf/fit_seconds") for r in rows if _num(r, "perf/fit_seconds") is not None]
     result["fit_seconds"] = fits
     final = re.findall(r"final eval/return (\S+)", text)
@@ -338,7 +346,10 @@ def project(report: Report, name: str, run: dict | None, refits: dict, startup_s
     rows = [
         ("stage 0 encoder phase, 60M frames (identity decoder)", PLAN[0] / s0["loop_fps"]),
         ("stages 1-3 encoder phases, 120M frames (flow decoder)", sum(PLAN[1:]) / s1["loop_fps"]),
-        (f"{EVALS} evaluations x 128 episodes ({eval_s:.1f} s each)", EVALS * eval_s),
+        *([(f"{SYNC_EVALS} evaluations of their own x 128 episodes ({eval_s:.1f} s each); the other {EVALS - SYNC_EVALS} in the "
+             f"batch's side lanes (in the loop rates above)", SYNC_EVALS * eval_s),
+           (f"{len(PLAN)} phase-end waits for lane evaluations (at most one evaluation each)", len(PLAN) * eval_s)]
+          if run.get("lanes") else [(f"{EVALS} evaluations x 128 episodes ({eval_s:.1f} s each)", EVALS * eval_s)]),
         (f"{REFITS} refits x {FLOW_STEPS:,} flow steps ({kind})", REFITS * FLOW_STEPS / flow if flow else float("nan")),
         (f"{REFITS} x {REFIT_FRAMES:,} frames of decoder data", REFIT_FRAMES / s0["collect_fps"] + (REFITS - 1) * REFIT_FRAMES / s1["collect_fps"]),
         ("start-up and compiles (this check's first update, measured)", startup_s),
@@ -374,6 +385,9 @@ def main() -> None:
     p.add_argument("--lean", action="store_true",
                    help="steps 2-3 evaluate (200 steps) and collect refit data (100-step episodes) on the training batch's shape: "
                         "no extra MJX compiles; their evaluation times are then not those of 128 episodes of 1,000 steps")
+    p.add_argument("--eval-lanes", type=int, default=3,
+                   help="step 3 runs its evaluations after updates in this many lane groups of the training batch "
+                        "(loop.eval_lanes; 0 = evaluations of their own; not with --lean)")
     p.add_argument("--eager-steps", action="store_true",
                    help="steps 2, 3 and 5 without model.speed.step_graphs (by default their gorl fit runs take every optimiser "
                         "step as a replayed CUDA graph)")
@@ -460,8 +474,14 @@ def main() -> None:
         if args.lean and not q:
             over += ["--model.env.eval_envs", str(envs), "--model.loop.eval_max_steps", "200",
                      "--model.refinement.collect_envs", str(envs), "--model.refinement.max_episode_steps", "100"]
+        lanes = number == "3" and args.eval_lanes > 0 and not args.lean
+        if lanes:  # two evaluations after updates run in the batch's side lanes, the phase-end drain is timed
+            over += ["--model.loop.eval_lanes", str(args.eval_lanes), "--model.loop.evals_per_stage", "4"]
+            report.say(f"- with loop.eval_lanes: {args.eval_lanes} (evaluations after updates 1 and 2 of each stage in side lanes)")
         frames_of[name] = frames
         runs[name] = fit_rates(report, name, gpu + extra, over, min(left() - 20, 240))
+        if runs[name] is not None:
+            runs[name]["lanes"] = lanes
 
     def step_4() -> None:  # decoder refits
         nonlocal refits

@@ -14,6 +14,9 @@
 # STEP_GRAPHS=true / false skips the check. Speed settings are not part of a run's identity, so a run
 # may change them between commands.
 #
+# EVAL_LANES=K (default 0) runs the evaluations after updates in K lane groups of the training batch
+# (loop.eval_lanes, gorl/eval_lanes.py): same evaluations, recorded some updates later.
+#
 # It continues whatever benchmarks/logs/<preset>/ holds (runs resume from their archived
 # checkpoints), stops every running fit cleanly after MINUTES (a checkpoint, the closing lines),
 # archives each run's state there and copies that archive, with the matrix's log, into $OUT. Copy
@@ -43,8 +46,11 @@ if [ "$STEP_GRAPHS" = auto ]; then
     fi
     echo "gpu_paper_runs: CUDA-graph check: $(tail -1 "$OUT/step_graphs_check.log") -> step_graphs $STEP_GRAPHS"
 fi
+EVAL_LANES=${EVAL_LANES:-0}
 extra=()
-[ "$STEP_GRAPHS" = true ] && extra=(--override --model.speed.step_graphs true)
+[ "$STEP_GRAPHS" = true ] && extra+=(--model.speed.step_graphs true)
+[ "$EVAL_LANES" != 0 ] && extra+=(--model.loop.eval_lanes "$EVAL_LANES")
+[ ${#extra[@]} -gt 0 ] && extra=(--override "${extra[@]}")
 
 start=$(date +%s)
 python benchmarks/learning.py "$PRESET" --stop-after "$MINUTES" --stop-grace 60 "${extra[@]}" 2>&1 | tee "$OUT/bench.log"

@@ -422,6 +422,19 @@ class StageCycle:
             self.host.record_metrics({"perf/eval_lanes_drain_seconds": time.perf_counter() - t0})
             self.take_lane_results()
 
+    def finish_lane_evaluations_for_checkpoint(self) -> None:
+        """Before a checkpoint (between iterations, the iteration's row written): finish the lane
+        evaluations still running and write their results in rows of their own, so the
+        checkpoint's best encoder and the metrics on disk include them."""
+        lanes = self.host.eval_lanes()
+        if lanes is None or not lanes.pending():
+            return
+        self._eval_in_row = False
+        self.finish_lane_evaluations()
+        self.record_loop_metrics()
+        self.host.new_row()
+        self._eval_in_row = False
+
     def offer_best(self, mean_return: float, snapshot: dict[str, torch.Tensor] | None = None) -> bool:
         """The best-encoder rule: an evaluation whose mean return is strictly above every earlier
         one of the stage makes the evaluated encoder the stage's best (a tie keeps the earlier one),

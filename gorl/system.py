@@ -574,7 +574,7 @@ class GoRLSystem(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lane evaluations still running end now (side lanes alone), so the checkpoint holds their
         # results and its best encoder has seen them (gorl/eval_lanes.py).
-        self.cycle.finish_lane_evaluations()
+        self.cycle.finish_lane_evaluations_for_checkpoint()
         # Metric rows up to the checkpoint go to disk with it (CSV buffers 100 rows), so a killed run
         # leaves its curve up to where a resume picks it up again.
         for logger in self.loggers:

@@ -78,8 +78,8 @@ def test_lane_evaluations_score_what_an_evaluation_env_scores_and_leave_the_batc
 def test_a_fit_with_lane_evaluations_records_each_at_the_frames_it_was_due(tmp_path, gorl_in_process):
     """A short MJX fit with ``loop.eval_lanes: 1``: the evaluations after updates run in the
     side lanes and are recorded later, each with the frames its agent was frozen at; the phase's
-    last evaluation waits for them (20-step episodes: the second one is still running when the phase
-    ends); the curve puts them where they were due."""
+    last evaluation, and a checkpoint, wait for them (20-step episodes: the second one is still
+    running at the checkpoint after update 3); the curve puts them where they were due."""
     res = gorl_in_process(
         "fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cpu",
         "--model.env.task", "cheetah-run", "--model.env.backend", "mjx", "--model.env.num_envs", "2", "--model.env.eval_envs", "2",
@@ -87,7 +87,7 @@ def test_a_fit_with_lane_evaluations_records_each_at_the_frames_it_was_due(tmp_p
         "--model.loop.stages", "[64, 64]", "--model.loop.evals_per_stage", "4", "--model.loop.eval_max_steps", "20",
         "--model.loop.eval_lanes", "1",
         "--model.refinement.episodes", "2", "--model.refinement.collect_envs", "2", "--model.refinement.max_episode_steps", str(STEPS),
-        "--model.refinement.steps", "4",
+        "--model.refinement.steps", "4", "--checkpoint.every_frames", "40",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
@@ -102,7 +102,9 @@ def test_a_fit_with_lane_evaluations_records_each_at_the_frames_it_was_due(tmp_p
     assert frames == [0.0, 16.0, 32.0, 64.0, 64.0, 80.0, 96.0, 128.0], evals
     lagged = [(f, loop) for f, loop, _ in evals if loop is not None and loop > f]
     assert lagged, evals  # at least one lane result was recorded after the update it evaluates
-    assert any(r.get("perf/eval_lanes_drain_seconds") for r in rows)
+    # the checkpoint after update 3 (48 frames) finished the evaluation still running, in a row of its own
+    drained = [float(r["loop/frames"]) for r in rows if r.get("perf/eval_lanes_drain_seconds")]
+    assert 48.0 in drained, drained
     from gorl.analysis.io import eval_points, load_metrics
 
     xs, _ = eval_points(load_metrics(path))
