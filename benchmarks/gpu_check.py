@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 PLAN = [60e6, 60e6, 30e6, 30e6]  # the authors' encoder frames per stage
 EVALS = 10 * len(PLAN) + len(PLAN) - 1  # 10 per stage, plus each later stage's initial evaluation
+SYNC_EVALS = 2 * len(PLAN)  # with loop.eval_lanes: each stage's first and last evaluations stay their own
 REFITS = len(PLAN) - 1
 REFIT_FRAMES = 4_096_000  # 4,096 episodes of 1,000 steps of decoder data per refit
 # The authors' refit lengths (bennidict23/GoRL@8a0209c): configs/methods/gorl_fm.toml, train_steps = 50000;
@@ -159,7 +160,7 @@ def fit_rates(report: Report, name: str, configs: list[str], overrides: list[str
                    f"evaluations of the eval batch: {evals} s")
     report.say(f"- {name}: whole command {secs:.0f} s; refit(s) incl. data collection: {', '.join(f'{f:.1f} s' for f in fits) or 'none'}")
     for line in text.splitlines():  # a speed setting that could not apply says so once in the log
-        if "[gorl]" in line and ("are off for this run" in line or "step_graphs" in line):
+        if "Warning: [gorl]" in line and ("are off for this run" in line or "step_graphs" in line):
             report.say(f"  - `{line.strip()[:300]}`")
     return result
 

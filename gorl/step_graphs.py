@@ -43,6 +43,7 @@ If a capture fails, the steps run eagerly from then on and the reason is printed
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Literal
 
@@ -63,7 +64,9 @@ class _Entry:
 
     data: Tensors | None = None  # static copies (after capture) or the live tensors (warm-up)
     inputs: Tensors | None = None  # static per-step inputs (after capture)
-    sources: dict[str, tuple[int, int]] = field(default_factory=dict)  # (id, _version) of what data holds
+    # what the static data holds: a weak reference to the tensor copied in, and its version counter
+    # (not its id: a freed tensor's id is soon another's)
+    sources: dict[str, tuple[weakref.ref, int]] = field(default_factory=dict)
     sums: torch.Tensor | None = None  # [names..., bad_loss, bad_grad], summed over this update's steps
     names: tuple[str, ...] = ()
     warm: int = 0
@@ -180,7 +183,7 @@ class StepGraphs:
         eager steps from now on, if that fails."""
         try:
             entry.data = {k: v.clone() for k, v in self._data.items()}
-            entry.sources = {k: (id(v), v._version) for k, v in self._data.items()}
+            entry.sources = {k: (weakref.ref(v), v._version) for k, v in self._data.items()}
             entry.inputs = {k: v.clone() for k, v in inputs.items()}
             if self.mode == "emulate":
                 entry.replay = lambda: self._take_step(entry, body, entry.data, entry.inputs, max_norm)
@@ -211,9 +214,10 @@ class StepGraphs:
     def _load(self, entry: _Entry, data: Tensors) -> None:
         """Copy this update's data into the graph's buffers, unless they hold it already."""
         for name, value in data.items():
-            if entry.sources.get(name) != (id(value), value._version):
+            ref, version = entry.sources.get(name, (None, None))
+            if ref is None or ref() is not value or value._version != version:
                 entry.data[name].copy_(value)
-                entry.sources[name] = (id(value), value._version)
+                entry.sources[name] = (weakref.ref(value), value._version)
 
     def _stale(self) -> bool:
         """Has the optimiser's state been replaced since a graph captured it?"""

@@ -194,6 +194,8 @@ def test_fit_through_both_phases_on_the_mjx_backend(tmp_path, gorl_in_process):
         (["--model.env.backend", "mjx", "--model.env.task", "cheetah-run", "--model.env.num_workers", "2"], "env.num_workers must be 1 with env.backend: mjx"),
         (["--model.env.backend", "mjx", "--model.env.task", "cheetah-run", "--model.env.mjx_impl", "c"], "env.mjx_impl must be one of jax, warp"),
         (["--model.env.device", "cuda"], "needs env.backend: mjx"),
+        (["--model.loop.eval_lanes", "1"], "loop.eval_lanes runs evaluations in spare lanes of the MJX training batch: it needs env.backend: mjx"),
+        (["--model.loop.eval_lanes", "-1"], "loop.eval_lanes must be >= 0, got -1"),
     ],
 )
 def test_bad_backend_input_is_one_clear_line(gorl_in_process, args, expected):

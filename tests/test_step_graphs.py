@@ -182,3 +182,18 @@ def test_step_graphs_and_compile_are_one_or_the_other():
         SpeedConfig(step_graphs=True, compile=True)
     with pytest.raises(ConfigError, match="loss_impl: fused"):
         _encoder(loss_impl="torchrl").use_step_graphs(StepGraphs(torch.optim.Adam([torch.nn.Parameter(torch.ones(1))]), "x", mode="eager"))
+
+
+def test_each_updates_data_reaches_the_graph_even_when_python_reuses_ids():
+    """A new update's tensors must be copied in even when one of them is a new object at a freed
+    one's address (CPython hands out ids again): what a graph holds is tracked by weak references."""
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.Adam([w], lr=0.0, fused=True)  # lr 0: the loss is a function of the data alone
+    graphs = StepGraphs(opt, "a test", mode="emulate")
+    for u in range(12):
+        x = torch.full((4,), float(u))
+        graphs.begin("k", {"x": x})
+        for _ in range(StepGraphs.WARMUP + 1):
+            graphs.step(lambda d, i: ((w * d["x"]).sum(), {}), {}, None)
+        assert graphs.end()["loss"] == 4.0 * u, u
+        del x
