@@ -15,7 +15,9 @@ at 16,384 x 2), and is logged then, with ``eval/frames`` giving the frames at wh
 frozen (the curves use it). Evaluations still running when the phase ends, or when a checkpoint
 is written, are finished first with steps of the side lanes alone (:meth:`MJXBatchEnv.step_side`),
 so no result is lost and the phase's choice of its best agent sees them all. Each stage's initial
-and final evaluations stay synchronous, on the evaluation env.
+and final evaluations stay synchronous, on the evaluation env. The training env's batch is then
+``num_envs + groups * episodes`` lanes: refit data collected at ``num_envs`` envs
+(``conf/recipes/paper_gpu_mjx.yaml``) no longer share its compiled shape (one more MJX compile).
 
 ``groups`` evaluations can run at once (each in its own ``episodes`` lanes); one due while all are
 busy waits for a free group.
@@ -51,10 +53,12 @@ class LaneEvaluations:
         max_steps: steps of each episode.
         chain_for: builds the acting chain of a snapshot for a group (the system loads the snapshot
             into that group's copy of the encoder).
+        device: where the returns are summed (the env's device).
     """
 
-    def __init__(self, groups: int, episodes: int, max_steps: int, chain_for: ChainFor) -> None:
+    def __init__(self, groups: int, episodes: int, max_steps: int, chain_for: ChainFor, device: torch.device | str = "cpu") -> None:
         self.groups, self.episodes, self.max_steps, self.chain_for = groups, episodes, max_steps, chain_for
+        self.device = torch.device(device)
         self.queue: deque[tuple[Any, Any]] = deque()
         self.running: dict[int, _Job] = {}
         self.results: list[tuple[Any, torch.Tensor]] = []
@@ -121,12 +125,6 @@ class LaneEvaluations:
             if group not in self.running:
                 tag, snapshot = self.queue.popleft()
                 act = self.chain_for(group, snapshot)
-                device = self._device()
-                self.running[group] = _Job(tag, act, torch.zeros(self.episodes, device=device),
-                                           torch.ones(self.episodes, dtype=torch.bool, device=device))
+                self.running[group] = _Job(tag, act, torch.zeros(self.episodes, device=self.device),
+                                           torch.ones(self.episodes, dtype=torch.bool, device=self.device))
                 self._starting.append(group)
-
-    device: torch.device | str = "cpu"  # where the sums live: the env's device (set by the system)
-
-    def _device(self) -> torch.device | str:
-        return self.device

@@ -326,8 +326,8 @@ class GoRLSystem(pl.LightningModule):
             return
         if self.trainer.world_size > 1:
             raise ConfigError("loop.eval_lanes runs in one process: set it to 0 under DDP")
-        self._lanes = LaneEvaluations(self.loop_cfg.eval_lanes, self.env_cfg.eval_envs, self.loop_cfg.eval_max_steps, self._lane_chain)
-        self._lanes.device = self.train_env.device
+        self._lanes = LaneEvaluations(self.loop_cfg.eval_lanes, self.env_cfg.eval_envs, self.loop_cfg.eval_max_steps, self._lane_chain,
+                                      device=self.train_env.device)
         self.train_env.lanes = self._lanes
 
     def _lane_chain(self, group: int, snapshot: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

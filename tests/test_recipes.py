@@ -223,11 +223,14 @@ def test_citation_prefers_the_icml_2026_proceedings_and_keeps_the_arxiv_referenc
     assert any("arXiv:2512.02581" in i["value"] for r in cff["references"] for i in r.get("identifiers", []))
 
 
-@pytest.mark.parametrize("wide", [False, True], ids=["authors-2048x16", "wide-16384x2"])
-def test_gpu_mjx_recipes_keep_the_authors_update(capsys, wide):
+@pytest.mark.parametrize("wide, fast", [(False, False), (True, False), (False, True)],
+                         ids=["authors-2048x16", "wide-16384x2", "authors-2048x16-gpu-fast"])
+def test_gpu_mjx_recipes_keep_the_authors_update(capsys, wide, fast):
     """MJX on the GPU at the authors' shape, and the many-env option: the same 983,040-frame update
-    (32 minibatches of 1024 segments x 30 steps, 16 epochs); only envs x unrolls differ."""
+    (32 minibatches of 1024 segments x 30 steps, 16 epochs); only envs x unrolls differ. The speed
+    layer (gpu_fast.yaml) changes speed settings only."""
     extra = [CONF / "recipes" / "paper_gpu_mjx.yaml"] + ([CONF / "recipes" / "paper_gpu_wide.yaml"] if wide else [])
+    extra += [CONF / "recipes" / "gpu_fast.yaml"] if fast else []
     args = ["fit", "--config", str(CONF / "hopper_fm.yaml"), "--config", str(CONF / "recipes" / "paper_gpu.yaml")]
     for path in extra:
         args += ["--config", str(path)]
@@ -239,6 +242,8 @@ def test_gpu_mjx_recipes_keep_the_authors_update(capsys, wide):
     assert env["num_envs"] * enc["unroll"] * enc["rollouts_per_update"] == 983_040
     assert 983_040 // enc["minibatch_size"] == 32 and enc["minibatch_size"] // enc["unroll"] == 1024 and enc["epochs"] == 16
     assert (env["num_envs"], enc["rollouts_per_update"]) == ((16_384, 2) if wide else (2_048, 16))
+    assert bool((cfg.get("speed") or {}).get("step_graphs")) is fast and cfg["loop"]["eval_lanes"] == (3 if fast else 0)
+    assert cfg["loop"]["evals_per_stage"] == 10 and cfg["loop"]["eval_schedule"] == "authors"  # the same evaluations
 
 
 # --- the humanoid recipes run: a few hundred frames each, every per-refit setting on the real path ----
