@@ -6,16 +6,17 @@
 # Run on the GPU machine from the repository root, with the dependency bundle carried along
 # (../shared/device/README.md):
 #
-#     bash benchmarks/gpu_paper_runs.sh            # MINUTES=7 of training, then a clean stop
+#     bash benchmarks/gpu_paper_runs.sh            # MINUTES=6 of training, then a clean stop
 #
-# STEP_GRAPHS=auto (default) first runs the CUDA-graph tests of tests/test_cuda.py (~30 s): if they
-# pass, every optimiser step of the runs is a replayed CUDA graph (model.speed.step_graphs: the same
-# maths, gorl/step_graphs.py); if not, the runs step eagerly and $OUT/step_graphs_check.log says why.
-# STEP_GRAPHS=true / false skips the check. Speed settings are not part of a run's identity, so a run
-# may change them between commands.
-#
-# EVAL_LANES=K (default 0) runs the evaluations after updates in K lane groups of the training batch
-# (loop.eval_lanes, gorl/eval_lanes.py): same evaluations, recorded some updates later.
+# Speed settings that change no maths, each switched on only if its GPU tests pass here first
+# (tests/test_cuda.py, ~1 minute together; $OUT/speed_check.log):
+# - STEP_GRAPHS=auto (default): every optimiser step a replayed CUDA graph (model.speed.step_graphs,
+#   gorl/step_graphs.py);
+# - EVAL_LANES=auto (default): the evaluations after updates in side lanes of the training batch
+#   (loop.eval_lanes, gorl/eval_lanes.py: the same evaluations, recorded some updates later), 1 group
+#   at the authors' shape, 3 at the wide one.
+# true / a number / false / 0 skip the check. A run may change them between commands: a run is what
+# it trains and its seed, not how fast.
 #
 # It continues whatever benchmarks/logs/<preset>/ holds (runs resume from their archived
 # checkpoints), stops every running fit cleanly after MINUTES (a checkpoint, the closing lines),
@@ -25,7 +26,7 @@
 # is done (results.md and figure.png are in $OUT/runs/).
 set -uo pipefail
 
-MINUTES=${MINUTES:-7}
+MINUTES=${MINUTES:-6}  # + up to ~2 minutes of speed checks, the bundle and the archive: one 10-minute command
 STEP_GRAPHS=${STEP_GRAPHS:-auto}
 PRESET=${PRESET:-paper-hopper}
 ARCHIVE="benchmarks/logs/${PRESET//-/_}"
@@ -38,18 +39,26 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, jax; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| jax', jax.__version__, jax.devices())"
 
-if [ "$STEP_GRAPHS" = auto ]; then
-    if timeout 240 python -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "replayed_from_cuda_graphs" > "$OUT/step_graphs_check.log" 2>&1; then
-        STEP_GRAPHS=true
-    else
-        STEP_GRAPHS=false
+EVAL_LANES=${EVAL_LANES:-auto}
+if [ "$STEP_GRAPHS" = auto ] || [ "$EVAL_LANES" = auto ]; then
+    timeout 300 python -m pytest -q -p no:cacheprovider tests/test_cuda.py -rA \
+        -k "replayed_from_cuda_graphs or lane_evaluations" > "$OUT/speed_check.log" 2>&1
+    passed() { grep -q "^PASSED.*$1" "$OUT/speed_check.log" && ! grep -q "^FAILED.*$1" "$OUT/speed_check.log"; }
+    if [ "$STEP_GRAPHS" = auto ]; then
+        passed replayed_from_cuda_graphs && STEP_GRAPHS=true || STEP_GRAPHS=false
     fi
-    echo "gpu_paper_runs: CUDA-graph check: $(tail -1 "$OUT/step_graphs_check.log") -> step_graphs $STEP_GRAPHS"
+    if [ "$EVAL_LANES" = auto ]; then
+        if passed lane_evaluations; then
+            [ "$PRESET" = paper-hopper-wide ] && EVAL_LANES=3 || EVAL_LANES=1
+        else
+            EVAL_LANES=0
+        fi
+    fi
+    echo "gpu_paper_runs: speed check: $(tail -1 "$OUT/speed_check.log") -> step_graphs $STEP_GRAPHS, eval_lanes $EVAL_LANES"
 fi
-EVAL_LANES=${EVAL_LANES:-0}
 extra=()
 [ "$STEP_GRAPHS" = true ] && extra+=(--model.speed.step_graphs true)
-[ "$EVAL_LANES" != 0 ] && extra+=(--model.loop.eval_lanes "$EVAL_LANES")
+[ "$EVAL_LANES" != 0 ] && [ "$EVAL_LANES" != false ] && extra+=(--model.loop.eval_lanes "$EVAL_LANES")
 [ ${#extra[@]} -gt 0 ] && extra=(--override "${extra[@]}")
 
 start=$(date +%s)

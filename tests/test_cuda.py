@@ -143,3 +143,12 @@ def test_smoke_fit_with_step_graphs_on_cuda(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, res.stderr[-3000:]
     assert "final eval/return" in out and "are off for this run" not in out and "step_graphs is off" not in out
+
+
+def test_lane_evaluations_on_a_gpu_score_what_an_evaluation_env_scores():
+    """``loop.eval_lanes`` with MJX on the GPU: tests/test_eval_lanes.py's check of the side lanes
+    against an evaluation env, and of the batch's lanes against an env without side lanes."""
+    pytest.importorskip("mujoco_playground", reason="the mjx extra is not installed")
+    from tests.test_eval_lanes import lanes_against_an_evaluation_env
+
+    lanes_against_an_evaluation_env("cuda")
