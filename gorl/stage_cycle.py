@@ -14,7 +14,10 @@ Everything in that cycle lives in this file, in the order it runs (:class:`Stage
 
 1. **Encoder phase** (:meth:`StageCycle.encoder_iteration`): rollouts through the frozen acting
    decoder and one update of the latent encoder per iteration; evaluations (deterministic unless
-   ``loop.eval_deterministic: false``) on the schedule of :class:`~gorl.loop.LoopConfig`.
+   ``loop.eval_deterministic: false``) on the schedule of :class:`~gorl.loop.LoopConfig`. With
+   ``loop.eval_lanes`` those after updates run in side lanes of the training batch
+   (:meth:`StageCycle.start_lane_evaluation`, :mod:`gorl.eval_lanes`) and are recorded when they end
+   (:meth:`StageCycle.take_lane_results`), all of them before the phase's last evaluation.
 2. **The stage's best encoder** (:meth:`StageCycle.evaluate`): every evaluation whose mean return
    beats all earlier ones of the stage, the stage-start one included, snapshots the encoder, as the
    authors' ``train_stage`` keeps its ``best_agent`` (``src/gorl/algorithms/dm_control_training.py``
@@ -62,9 +65,9 @@ from gorl.decoders import DecoderModule
 from gorl.distributed import broadcast_module_
 from gorl.encoders import LatentEncoder
 from gorl.errors import CheckpointError, ConfigError, DataQualityError, NonFiniteError
+from gorl.eval_lanes import LaneEvaluations
 from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, data_return_mean, split, top_q_episodes
-from gorl.eval_lanes import LaneEvaluations
 from gorl.step_graphs import StepGraphs
 
 Phase = Literal["encoder", "decoder", "done"]
@@ -293,6 +296,7 @@ class StageCycle:
         self.first = first  # ... but the first's, if it has one of its own
         self.loop_cfg, self.refine_cfg, self.seed = loop, refinement, seed
         self.state = LoopState()
+        self._eval_in_row = False  # this iteration's metrics row holds an evaluation (eval_row)
         self.best_encoder: dict[str, torch.Tensor] | None = None  # snapshot of the stage's best so far
         self.fit: DecoderFit | None = None  # the refit in progress
         self.last_eval_return: float | None = None
@@ -336,7 +340,7 @@ class StageCycle:
     def eval_row(self) -> None:
         """Make room for an evaluation's metrics: a row holds one (an iteration may finish lane
         evaluations and then make its own; the earlier ones go out in rows of their own)."""
-        if getattr(self, "_eval_in_row", False):
+        if self._eval_in_row:
             self.record_loop_metrics()
             self.host.new_row()
         self._eval_in_row = True
