@@ -140,6 +140,66 @@ def test_ending_the_phase_records_best_and_final_and_restores_the_best_only_when
         assert _same(cycle.encoder.snapshot(), best) == restores
 
 
+class _Lanes:
+    """:class:`~gorl.eval_lanes.LaneEvaluations`' interface; the test says when each evaluation
+    ends and what it returns."""
+
+    def __init__(self) -> None:
+        self.started: list[dict] = []
+        self.ended: list[tuple[dict, torch.Tensor]] = []
+
+    def start(self, tag: dict, snapshot: dict) -> None:
+        self.started.append(tag)
+
+    def pending(self) -> int:
+        return len(self.started)
+
+    def end_next(self, returns: list[float]) -> None:
+        self.ended.append((self.started.pop(0), torch.tensor(returns)))
+
+    def take_results(self) -> list:
+        out, self.ended = self.ended, []
+        return out
+
+
+def test_lane_evaluations_offer_the_agent_as_it_was_when_due_in_the_order_they_were_due():
+    """``loop.eval_lanes``: the result of an evaluation that ran while training went on is offered
+    with the snapshot taken when it was due (not the encoder as it is when the result comes), and is
+    logged with the frames of that moment; a phase end finishes those still running first."""
+    cycle, host = _cycle([1.0])
+    lanes = _Lanes()
+    host.eval_lanes = lambda: lanes
+    rows = []
+    host.new_row = lambda: rows.append(dict(host.metrics))
+    finished = []
+
+    def finish() -> None:  # side-only steps until every lane evaluation has ended: here the second, mean 1.0
+        while lanes.pending():
+            lanes.end_next([0.5, 1.5])
+        finished.append(True)
+
+    host.finish_eval_lanes = finish
+    st = cycle.state
+    st.frames = 16
+    due = cycle.encoder.snapshot()
+    cycle.start_lane_evaluation(lanes)
+    _nudge(cycle.encoder)
+    st.frames = 32
+    cycle.start_lane_evaluation(lanes)
+    _nudge(cycle.encoder)
+    st.frames = 48
+    lanes.end_next([4.0, 6.0])  # the first ends while training goes on: mean 5.0
+    cycle.take_lane_results()
+    assert st.best_return == 5.0 and _same(cycle.best_encoder, due) and not _same(cycle.best_encoder, cycle.encoder.snapshot())
+    assert host.metrics["eval/frames"] == 16.0 and host.metrics["eval/return"] == 5.0
+    # the phase ends: the second (mean 1.0) is finished first, in a row of its own, then the final one
+    cycle._eval_in_row = False
+    cycle.finish_lane_evaluations()
+    cycle.evaluate()  # scripted: 1.0
+    assert finished and rows and rows[-1]["eval/frames"] == 32.0 and rows[-1]["eval/return"] == 1.0
+    assert host.metrics["eval/frames"] == 48.0 and _same(cycle.best_encoder, due)
+
+
 # --- the per-stage record --------------------------------------------------------------------------
 def test_stage_records_checkpoint_as_plain_dicts_and_load_back_typed(tmp_path):
     state = LoopState(stage=1, phase="encoder", frames=96)
