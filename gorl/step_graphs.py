@@ -98,8 +98,9 @@ class StepGraphs:
         self.enabled = mode != "eager"
         self.captures = 0
         self._entries: dict[Hashable, _Entry] = {}
-        self._entry: _Entry | None = None
         self._key: Hashable = None
+        self._data: Tensors = {}
+        self._used: list[_Entry] = []
         self._steps = 0
 
     # --- one update ---------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class StepGraphs:
         self._key = (key, self._shapes(data), tuple(g["lr"] for g in self.optimizer.param_groups))
         self._data = data
         self._steps = 0
-        self._used: list[_Entry] = []
+        self._used = []
 
     def step(self, body: StepBody, inputs: Tensors, max_norm: float | None) -> None:
         """One optimiser step on ``body``'s loss at ``inputs`` (the minibatch's rows)."""
@@ -150,10 +151,6 @@ class StepGraphs:
         if sums.pop("_bad_grad", 0.0):
             raise NonFiniteError(f"non-finite gradient in the {where} (an optimiser step of this update); the last checkpoint is kept")
         return {name: value / max(self._steps, 1) for name, value in sums.items()}
-
-    def clear(self) -> None:
-        """Drop every graph (and the memory it holds)."""
-        self._entries.clear()
 
     # --- the step itself ----------------------------------------------------------------------------
     def _take_step(self, entry: _Entry, body: StepBody, data: Tensors, inputs: Tensors, max_norm: float | None) -> None:
