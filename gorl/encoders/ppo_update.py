@@ -125,18 +125,13 @@ def minibatches(data: TensorDictBase, config: PPOConfig, keys: Sequence[str], cr
     """
     keys = (*keys, "advantage", "value_target")
     if gae_mode == "rollout":
-        with torch.no_grad():
-            gae(data)
-        flat = data.select(*keys).reshape(-1)
+        flat = _flat_with_advantages(data, keys, gae)
         if prepare is not None:
             with torch.no_grad():
                 flat = prepare(flat)
         n = flat.numel()
-        mb = min(n, config.minibatch_size)
-        for _ in range(config.epochs):
-            perm = torch.randperm(n, device=flat.device)
-            for start in range(0, n - mb + 1, mb):
-                yield flat[perm[start : start + mb]]
+        for idx in minibatch_indices(n, min(n, config.minibatch_size), config.epochs, flat.device):
+            yield flat[idx]
         return
     if prepare is not None:
         raise ValueError("prepare() needs the whole rollout's advantages: gae='rollout'")
@@ -144,27 +139,41 @@ def minibatches(data: TensorDictBase, config: PPOConfig, keys: Sequence[str], cr
         yield from _segment_minibatches(data, config, keys, critic)
         return
     segments = data.select(*(k for k in keys if k not in ("advantage", "value_target")), "next")
-    rows, unroll = segments.shape
-    per_mb = max(1, min(rows, config.minibatch_size // unroll))
-    for _ in range(config.epochs):
-        perm = torch.randperm(rows, device=segments.device)
+    for idx in minibatch_indices(segments.shape[0], _segments_per_minibatch(segments, config), config.epochs, segments.device):
+        batch = segments[idx]
+        with torch.no_grad():
+            gae(batch)
+        yield batch.select(*keys).reshape(-1)
+
+
+def minibatch_indices(rows: int, per_mb: int, epochs: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """``epochs`` shuffles of ``rows`` cut into minibatches of ``per_mb`` rows (the rest of each
+    shuffle dropped): every path through an update draws the same minibatches from the same seed."""
+    for _ in range(epochs):
+        perm = torch.randperm(rows, device=device)
         for start in range(0, rows - per_mb + 1, per_mb):
-            batch = segments[perm[start : start + per_mb]]
-            with torch.no_grad():
-                gae(batch)
-            yield batch.select(*keys).reshape(-1)
+            yield perm[start : start + per_mb]
+
+
+def _segments_per_minibatch(data: TensorDictBase, config: PPOConfig) -> int:
+    """Whole unroll segments per minibatch with ``gae="minibatch"`` (``data`` is ``[rows, T]``)."""
+    rows, unroll = data.shape[:2]
+    return max(1, min(rows, config.minibatch_size // unroll))
+
+
+def _flat_with_advantages(data: TensorDictBase, keys: Sequence[str], gae: GAE) -> TensorDictBase:
+    """``gae="rollout"``: GAE once over the whole rollout, then its frames flat."""
+    with torch.no_grad():
+        gae(data)
+    return data.select(*keys).reshape(-1)
 
 
 def _segment_minibatches(data: TensorDictBase, config: PPOConfig, keys: Sequence[str], critic: Critic) -> Iterator[TensorDictBase]:
     """``gae="minibatch"`` in plain tensors: the same shuffle and advantages as the TorchRL path."""
     segments = segment_tensors(data, keys)
-    rows, unroll = data.shape
-    per_mb = max(1, min(rows, config.minibatch_size // unroll))
-    for _ in range(config.epochs):
-        perm = torch.randperm(rows, device=data.device)
-        for start in range(0, rows - per_mb + 1, per_mb):
-            batch = segment_batch(segments, perm[start : start + per_mb], critic, config.gamma, config.lmbda)
-            yield TensorDict(batch, batch_size=[batch["observation"].shape[0]], device=data.device)
+    for idx in minibatch_indices(data.shape[0], _segments_per_minibatch(data, config), config.epochs, data.device):
+        batch = segment_batch(segments, idx, critic, config.gamma, config.lmbda)
+        yield TensorDict(batch, batch_size=[batch["observation"].shape[0]], device=data.device)
 
 
 def segment_tensors(data: TensorDictBase, keys: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -224,30 +233,25 @@ def graphed_ppo_update(data: TensorDictBase, loss: PolicyLoss, graphs: StepGraph
     the caller's ``loss`` decides in Python (the stage's constants, normaliser states).
     """
     keys = (*keys, "advantage", "value_target")
-    max_norm = config.at(stage).max_grad_norm
     if gae_mode == "rollout":
-        with torch.no_grad():
-            gae(data)
-        flat = data.select(*keys).reshape(-1)
+        flat = _flat_with_advantages(data, keys, gae)
         tensors = {k: flat[k] for k in keys}
-        rows = n_rows = flat.numel()
-        per_mb = min(n_rows, config.minibatch_size)
+        rows = flat.numel()
+        per_mb = min(rows, config.minibatch_size)
 
         def body(d: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> LossAndStats:
             batch = {k: v[inputs["idx"]] for k, v in d.items()}
             return loss(batch, advantages(batch, config.normalize_advantage))
     else:
         tensors = segment_tensors(data, keys)
-        rows, unroll = data.shape
-        per_mb = max(1, min(rows, config.minibatch_size // unroll))
+        rows, per_mb = data.shape[0], _segments_per_minibatch(data, config)
 
         def body(d: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> LossAndStats:
             batch = segment_batch(d, inputs["idx"], critic, config.gamma, config.lmbda)
             return loss(batch, advantages(batch, config.normalize_advantage))
 
+    max_norm = config.at(stage).max_grad_norm
     graphs.begin(("ppo", gae_mode, key), tensors)
-    for _ in range(config.epochs):
-        perm = torch.randperm(rows, device=data.device)
-        for start in range(0, rows - per_mb + 1, per_mb):
-            graphs.step(body, {"idx": perm[start : start + per_mb]}, max_norm)
+    for idx in minibatch_indices(rows, per_mb, config.epochs, data.device):
+        graphs.step(body, {"idx": idx}, max_norm)
     return graphs.end()

@@ -242,31 +242,29 @@ def _functions(task: str, impl: str, episode_length: int) -> tuple[Any, Any, Any
         split = jax.vmap(jax.random.split)(keys)
         return reset_batch(split[:, 1]), split[:, 0]
 
-    def merge(fresh_state, next_keys, state, t, keys, mask):
+    def where_lanes(mask, new_tree, old_tree, scratch_from_new: bool):
+        """``new`` in the lanes of ``mask``, ``old`` in the others, leaf by leaf. Leaves without the
+        batch dimension (the Warp pipeline's contact buffers, shared by all worlds) are scratch
+        space: kept whole from one side (a reset keeps the old, as Playground's own auto-reset does,
+        mujoco_playground/_src/wrapper.py, BraxAutoResetWrapper.step)."""
         n = mask.shape[0]
 
         def pick(new, old):
-            # Leaves without the batch dimension (the Warp pipeline's contact buffers, shared by all
-            # worlds) are scratch space, kept as they are (as Playground's own auto-reset does,
-            # mujoco_playground/_src/wrapper.py, BraxAutoResetWrapper.step).
             if new.ndim == 0 or new.shape[0] != n:
-                return old
+                return new if scratch_from_new else old
             return jnp.where(mask.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
 
-        state = jax.tree_util.tree_map(pick, fresh_state, state)
+        return jax.tree_util.tree_map(pick, new_tree, old_tree)
+
+    def merge(fresh_state, next_keys, state, t, keys, mask):
+        n = mask.shape[0]
+        state = where_lanes(mask, fresh_state, state, scratch_from_new=False)
         keys = jnp.where(mask[:, None], next_keys, keys)  # only a reset env moves on in its stream
         return state, jnp.where(mask, 0, t), keys, state.obs, jnp.zeros((n, 1), bool), jnp.zeros((n, 1), bool)
 
     def keep(new_state, new_t, state, t, mask):
-        """``new`` where ``mask``, the old state elsewhere: a step of some lanes only."""
-        n = mask.shape[0]
-
-        def pick(new, old):
-            if new.ndim == 0 or new.shape[0] != n:
-                return new
-            return jnp.where(mask.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
-
-        return jax.tree_util.tree_map(pick, new_state, state), jnp.where(mask, new_t, t)
+        """A step of the lanes of ``mask`` only: the stepped state there, the old one elsewhere."""
+        return where_lanes(mask, new_state, state, scratch_from_new=True), jnp.where(mask, new_t, t)
 
     # Two functions rather than one: the physics (``fresh``) compiles once per batch size, the
     # masked merge (no physics, compiles in well under a second) is what differs between the first
@@ -319,6 +317,7 @@ class MJXBatchEnv(EnvBase):
         self.side_envs, self._side_seed = side_envs, side_seed
         self.lanes = None  # what acts in the side lanes and reads their outcomes (gorl.eval_lanes)
         self._side_obs: torch.Tensor | None = None
+        self._lane_consts: dict[str, Any] | None = None
         obs_dim, act_dim = mjx_dims(task, impl)
         self._act_dim = act_dim
         self._step_fn, self._fresh_fn, self._merge_fn, self._keep_fn = _functions(task, impl, episode_length)
@@ -381,13 +380,26 @@ class MJXBatchEnv(EnvBase):
         if starting is not None:
             self.reset_side(starting)
         if self.lanes is None or not self.lanes.running:
-            return torch.zeros(self.side_envs, self._act_dim, device=self.device)
+            return self._lane_constants()["idle_action"]
         return self.lanes.act(self._side_obs).to(self.device, torch.float32)
+
+    def _lane_constants(self) -> dict[str, Any]:
+        """Tensors every side-lane step would otherwise rebuild: idle actions, the batch's zero
+        actions, the lane masks (torch, and JAX's view of the side-only one)."""
+        if self._lane_consts is None:
+            n, s, dev = self.num_envs, self.side_envs, self.device
+            side_only = torch.cat([torch.zeros(n, dtype=torch.bool, device=dev), torch.ones(s, dtype=torch.bool, device=dev)])
+            self._lane_consts = {"idle_action": torch.zeros(s, self._act_dim, device=dev),
+                                 "batch_action": torch.zeros(n, self._act_dim, device=dev),
+                                 "batch_false": torch.zeros(n, dtype=torch.bool, device=dev),
+                                 "side_false": torch.zeros(s, dtype=torch.bool, device=dev),
+                                 "side_only": side_only, "side_only_j": self._jax.dlpack.from_dlpack(side_only)}
+        return self._lane_consts
 
     def reset_side(self, lanes: torch.Tensor) -> None:
         """Fresh episodes in the side lanes ``lanes`` (a bool mask ``[side_envs]``); the batch's
         lanes are untouched."""
-        mask = torch.cat([torch.zeros(self.num_envs, dtype=torch.bool, device=self.device), lanes.to(self.device, torch.bool)])
+        mask = torch.cat([self._lane_constants()["batch_false"], lanes.to(self.device, torch.bool)])
         fresh, next_keys = self._fresh_fn(self._keys)
         self._state, self._t, self._keys, obs, _, _ = self._merge_fn(fresh, next_keys, self._state, self._t, self._keys,
                                                                       self._jax.dlpack.from_dlpack(mask.contiguous()))
@@ -398,11 +410,10 @@ class MJXBatchEnv(EnvBase):
         """One step of the side lanes alone, the batch's lanes held as they are (their state and
         step count): how evaluations still running are finished when the batch may not move (the
         end of a phase, a checkpoint). It costs a step of the whole batch."""
-        n = self.num_envs
-        action = torch.cat([torch.zeros(n, self._act_dim, device=self.device), self._side_actions()])
-        mask = torch.cat([torch.zeros(n, dtype=torch.bool, device=self.device), torch.ones(self.side_envs, dtype=torch.bool, device=self.device)])
+        consts = self._lane_constants()
+        action = torch.cat([consts["batch_action"], self._side_actions()])
         new_state, new_t, obs, rew, term, trunc = self._step_fn(self._state, self._t, self._to_jax(action))
-        self._state, self._t = self._keep_fn(new_state, new_t, self._state, self._t, self._jax.dlpack.from_dlpack(mask.contiguous()))
+        self._state, self._t = self._keep_fn(new_state, new_t, self._state, self._t, consts["side_only_j"])
         self._split(obs, rew, term, trunc)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
@@ -414,7 +425,7 @@ class MJXBatchEnv(EnvBase):
         else:
             mask = mask.reshape(-1).to(self.device, torch.bool)
             if self.side_envs:  # the batch's resets never restart a side lane
-                mask = torch.cat([mask, torch.zeros(self.side_envs, dtype=torch.bool, device=self.device)])
+                mask = torch.cat([mask, self._lane_constants()["side_false"]])
             mask_j = self._jax.dlpack.from_dlpack(mask.contiguous())
         fresh, next_keys = self._fresh_fn(self._keys)
         state = fresh if self._state is None else self._state
