@@ -43,6 +43,10 @@ _STUDY = ["--methods", "ppo-cleanrl", "gorl-flow-cleanrl", "gorl-diffusion-clean
 _BOUNDARY = ["--tasks", "cheetah-run", "--seeds", "0", "--budget", "1.5e6", *_PLATEAU_SPLIT, "--jobs", "2"]
 
 _PAPER_HOPPER = ["gorl-fm=conf/hopper_fm.yaml", "ppo=conf/baselines/ppo_hopper.yaml", "gorl-diffusion=conf/hopper.yaml"]
+# What the paper-hopper runs test: the authors' HopperStand returns at 180M frames, read off their
+# figure by eye (arXiv 2512.02581, the DMC learning curves; about ±25).
+_PAPER_HOPPER_REFERENCE = ["--reference", "gorl-fm=745", "ppo=280", "gorl-diffusion=880",
+                           "--reference-source", "arXiv 2512.02581, HopperStand learning curves at 180M frames"]
 
 PRESETS: dict[str, list[str] | list[list[str]]] = {
     "ppo": ["--methods", "ppo-cleanrl", "--tasks", "cheetah-run", "--seeds", "0", "1", "2", "--budget", "1e6", "--jobs", "2",
@@ -71,12 +75,15 @@ PRESETS: dict[str, list[str] | list[list[str]]] = {
     # Runs outlive a device command: pass --stop-after MINUTES (benchmarks/gpu_paper_runs.sh does) and
     # the same command on a later machine continues from the archive.
     "paper-hopper": ["--recipes", *_PAPER_HOPPER, "--layers", "conf/recipes/paper_gpu.yaml", "conf/recipes/paper_gpu_mjx.yaml",
-                     "--seeds", "0", "1", "2", "--seed-major", "--out", "runs/paper_hopper", "--archive", "benchmarks/logs/paper_hopper"],
+                     "--seeds", "0", "1", "2", "--seed-major", "--out", "runs/paper_hopper", "--archive", "benchmarks/logs/paper_hopper",
+                     *_PAPER_HOPPER_REFERENCE, "--note", "The authors' rollout shape: 2,048 MJX envs x 16 unrolls of 30 steps per update."],
     # The same from 16,384 envs x 2 unrolls (a deviation from the authors' shape, stated in
     # conf/recipes/paper_gpu_wide.yaml): label its results as such.
     "paper-hopper-wide": ["--recipes", *_PAPER_HOPPER, "--layers", "conf/recipes/paper_gpu.yaml", "conf/recipes/paper_gpu_mjx.yaml",
                           "conf/recipes/paper_gpu_wide.yaml", "--seeds", "0", "1", "2", "--seed-major", "--out", "runs/paper_hopper_wide",
-                          "--archive", "benchmarks/logs/paper_hopper_wide"],
+                          "--archive", "benchmarks/logs/paper_hopper_wide", *_PAPER_HOPPER_REFERENCE,
+                          "--note", "**A deviation from the authors' setup:** each update's 983,040 frames come from 16,384 MJX envs x 2 "
+                                    "unrolls of 30 steps, not their 2,048 x 16 (conf/recipes/paper_gpu_wide.yaml says what that changes)."],
     # The stage boundary, one seed each: reset fresh / warm_value / warm, then refits of 500 and
     # 5,000 decoder steps against the preset's 1,500 (the fresh run of the first call).
     "boundary": [

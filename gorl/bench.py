@@ -122,20 +122,27 @@ def recipe_stages(paths: list[str]) -> list[float]:
     return [float(s) for s in stages] if isinstance(stages, list) else [float(s) for s in LoopConfig().stages]
 
 
-def _stop_report(args: argparse.Namespace, methods: dict[str, Method], cells: list[tuple[str, str, int]], out: Path) -> None:
-    """The matrix stopped at --stop-after: archive every run's state, write where each stands, exit 3."""
+def _stop_report(args: argparse.Namespace, methods: dict[str, Method], cells: list[tuple[str, str, int]], out: Path,
+                 why: str | None = None) -> None:
+    """The matrix stopped before its end: at the --stop-after limit (exit 3), or because a run failed
+    (``why``, exit 1). Either way every run's state is archived (an unfinished run with its last
+    checkpoint), and ``status.md`` and ``results.md`` say where each run stands."""
     out.mkdir(parents=True, exist_ok=True)
     if args.archive:
         for name, task, seed in cells:
             rel = Path(f"{name}_{task}") / f"seed{seed}"
             archive_run(out / rel, Path(args.archive) / rel, run_signature(methods[name], task, seed, args), checkpoint=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    md = f"Matrix stopped at the --stop-after limit ({args.stop_after:g} min), {stamp}:\n\n" + status_table(cells, out)
+    head = (f"Matrix stopped at the --stop-after limit ({args.stop_after:g} min)" if why is None else f"Matrix stopped: {why}")
+    md = f"{head}, {stamp}:\n\n" + status_table(cells, out)
     (out / "status.md").write_text(md)
     if args.archive:
         Path(args.archive).mkdir(parents=True, exist_ok=True)
         (Path(args.archive) / "status.md").write_text(md)
+    write_results(args, methods, cells, out)
     print("\n" + md, flush=True)
+    if why is not None:
+        raise SystemExit(f"gorl bench: error: {why}" + (f"; every run's state is archived in {args.archive}" if args.archive else ""))
     print("[bench] stopped: unfinished runs resume from their checkpoints when the same command runs again"
           + (f" (archived in {args.archive})" if args.archive else ""), flush=True)
     sys.exit(3)
@@ -270,12 +277,34 @@ def _close_stopped_part(run_dir: Path, ckpt: Path) -> None:
 _RECORD = ("config.yaml", "gorl.log", "done.json", "resumed.json", "metrics.csv")
 
 
+# Overrides that change how fast a run goes, not what it trains: left out of a run's signature, so a
+# run may change them between commands (gorl.run_dirs.run_identity leaves model.speed out likewise).
+# Evaluation lanes (gorl/eval_lanes.py) evaluate as many fresh episodes with other seeds: the curve's
+# noise, not the training, and each stage's first and last evaluations are the same either way.
+_SPEED_KEYS = ("--model.speed.", "--model.loop.eval_lanes")
+
+
+def identity_overrides(override: list[str]) -> list[str]:
+    """``override`` without the speed settings (``--key value`` and ``--key=value`` forms)."""
+    kept, skip = [], False
+    for a in override:
+        if skip:
+            skip = False
+            continue
+        if a.startswith(_SPEED_KEYS):
+            skip = "=" not in a
+            continue
+        kept.append(a)
+    return kept
+
+
 def run_signature(method: Method, task: str, seed: int, args: argparse.Namespace) -> list[str]:
     """The arguments that decide what a run computes, with this checkout's path taken out, so that
     an archived run is only ever continued or reported under the settings it was made with."""
     root = str(CONF.parent) + os.sep
     split = tuple(args.stages) if args.stages else None
-    run = [*run_args(method, task, args.budget, args.decoder_data, args.eval_every, split), *args.override, "--seed_everything", str(seed)]
+    run = [*run_args(method, task, args.budget, args.decoder_data, args.eval_every, split), *identity_overrides(args.override),
+           "--seed_everything", str(seed)]
     if method.recipe is not None:
         run = [str(Path(a).resolve()) if a.endswith((".yaml", ".yml")) else a for a in run]
         return [a.replace(root, "") for a in run]
@@ -329,6 +358,21 @@ def restore_run(src: Path, run_dir: Path, signature: list[str]) -> str | None:
     return "finished" if finished else "unfinished, from its last checkpoint"
 
 
+def source_commit() -> str:
+    """The commit this checkout runs: ``GORL_COMMIT`` where the checkout has no git history (a copy
+    of the working tree on a lent machine), else ``git rev-parse``, ``+dirty`` with local changes."""
+    if os.environ.get("GORL_COMMIT"):
+        return os.environ["GORL_COMMIT"]
+    root = CONF.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "gorl", "conf"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
 def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Namespace) -> dict:
     group, version = f"{name}_{task}", f"seed{seed}"
     run_dir = Path(args.out) / group / version
@@ -361,7 +405,7 @@ def run_one(name: str, method: Method, task: str, seed: int, args: argparse.Name
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "gorl.log"
     with log_path.open("a") as log:
-        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {' '.join(cmd)}\n")
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {' '.join(cmd)}\n# commit {source_commit()}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
         returncode = _wait_or_stop(proc, args.deadline, args.stop_grace)
@@ -414,6 +458,15 @@ def _wait_or_stop(proc: subprocess.Popen, deadline: float | None, grace: float) 
     return None
 
 
+def _rows_so_far(run_dir: Path) -> list[dict]:
+    """An unfinished run's metric rows, every part joined."""
+    parts = sorted(run_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    if (run_dir / "metrics.csv").is_file():
+        return run_rows(run_dir / "metrics.csv")
+    # the newest part was stopped before its first row: the rows so far are the earlier parts'
+    return [r for part in parts for r in csv.DictReader(part.open(newline=""))]
+
+
 def run_status(run_dir: Path) -> dict:
     """Where a run stands: finished (final return), or unfinished with its frames and last
     evaluation so far, or not started; for the status table of a stopped matrix."""
@@ -421,12 +474,8 @@ def run_status(run_dir: Path) -> dict:
     if got is not None:
         return {"status": "finished", "frames": got["curve"][-1][0] if got["curve"] else None, "return": got["final_return"],
                 "wall_s": got["wall_s"]}
-    parts = sorted(run_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
-    if (run_dir / "metrics.csv").is_file():
-        rows = run_rows(run_dir / "metrics.csv")
-    elif parts:  # the newest part was stopped before its first row: the rows so far are the earlier parts'
-        rows = [r for part in parts for r in csv.DictReader(part.open(newline=""))]
-    else:
+    rows = _rows_so_far(run_dir)
+    if not rows:
         return {"status": "not started"}
     frames = max((float(r["loop/frames"]) for r in rows if r.get("loop/frames")), default=None)
     evals = [float(r["eval/return"]) for r in rows if r.get("eval/return")]
@@ -462,9 +511,13 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
-def table(results: dict[tuple[str, str], list[dict]], budget: float) -> str:
+def table(results: dict[tuple[str, str], list[dict]], budget: float, references: dict[str, float] | None = None) -> str:
+    """Per method and task: the final return, mean ± std over the finished seeds; with
+    ``references``, the authors' number beside it."""
+    ref = bool(references)
     lines = [f"Final deterministic evaluation return at {budget:,.0f} encoder-phase env frames (mean ± std over seeds).",
-             "", "| task | method | final return | per seed | decoder-data frames per run | wall time per run |", "|---|---|---|---|---|---|"]
+             "", "| task | method | final return | per seed | decoder-data frames per run | wall time per run |" + (" authors |" if ref else ""),
+             "|---|---|---|---|---|---|" + ("---|" if ref else "")]
     for (method, task), runs in results.items():
         finals = [r["final_return"] for r in runs]
         std = statistics.stdev(finals) if len(finals) > 1 else 0.0
@@ -472,7 +525,8 @@ def table(results: dict[tuple[str, str], list[dict]], budget: float) -> str:
         data = statistics.mean(r["decoder_data_frames"] for r in runs)
         per = ", ".join(_fmt(f) for f in finals)
         mark = "†" if any(r.get("wall_parts_missing", 1 if r.get("resumed_from") else 0) for r in runs) else ""
-        lines.append(f"| {task} | {method} | {_fmt(statistics.mean(finals))} ± {_fmt(std)} | {per} | {data:,.0f} | {wall / 60:.1f} min{mark} |")
+        authors = (f" {_fmt(references[method])} |" if method in references else " - |") if ref else ""
+        lines.append(f"| {task} | {method} | {_fmt(statistics.mean(finals))} ± {_fmt(std)} | {per} | {data:,.0f} | {wall / 60:.1f} min{mark} |{authors}")
     if "†" in "".join(lines):
         lines += ["", "† some runs were resumed from a checkpoint after a part whose time was not recorded; their wall time leaves that part out."]
     return "\n".join(lines) + "\n"
@@ -529,7 +583,10 @@ def stage_table(results: dict[tuple[str, str], list[dict]], bounds: list[float] 
             recs = [stages[k] for stages in per_run if len(stages) > k]
             steps = [rec.get("fit_steps") for rec in recs if rec.get("fit_steps") is not None]
             secs = [rec.get("fit_seconds") for rec in recs if rec.get("fit_seconds") is not None]
+            losses = [rec.get("best_val_loss") for rec in recs if rec.get("best_val_loss") is not None]
             fit = f"{statistics.mean(steps):,.0f} steps, {statistics.mean(secs):.0f} s" if steps and secs else "-"
+            if losses and fit != "-":
+                fit += f", best val loss {statistics.mean(losses):.4g}"
             lines.append(f"| {task} | {method} | {_window_name(k, bounds) if windows else k} | {cell([r.get('initial') for r in recs])} | {cell([r.get('best') for r in recs])} | "
                          f"{cell([r.get('final') for r in recs])} | {fit} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
@@ -562,12 +619,18 @@ def parser() -> argparse.ArgumentParser:
                    help="directory (to commit) that keeps each finished run's record; runs --out lacks are restored from it first")
     p.add_argument("--snapshot", action="store_true",
                    help="with --archive: copy every run's current state (finished, or unfinished with its last checkpoint) there, then exit")
+    p.add_argument("--reference", nargs="+", default=[], metavar="NAME=RETURN",
+                   help="a method's published final return (e.g. read off the paper's figure): tabled beside its result, drawn beside its curve")
+    p.add_argument("--reference-source", default="", help="where --reference comes from, said under the table")
+    p.add_argument("--note", default="", help="a line under results.md's headline (e.g. a deviation from the authors' setup)")
     p.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="further gorl fit arguments for every run (put last)")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    args.argv = argv
     args.deadline = None if args.stop_after is None else time.time() + 60.0 * args.stop_after
     if args.recipes is not None:
         if args.methods is not None:
@@ -609,38 +672,137 @@ def _run_matrix(args: argparse.Namespace, methods: dict[str, Method], cells: lis
         try:
             outcomes = {cell: f.result() for cell, f in futures.items()}
         except RuntimeError as err:
-            raise SystemExit(f"gorl bench: error: {err}") from None
+            failure = str(err)
+        else:
+            failure = None
     out = Path(args.out)
+    if failure is not None:
+        _stop_report(args, methods, cells, out, why=failure)
     if any(got.get("status") in ("stopped", "not started") for got in outcomes.values()):
         _stop_report(args, methods, cells, out)
-    results: dict[tuple[str, str], list[dict]] = {}
-    for (name, task, _seed), got in outcomes.items():
-        results.setdefault((name, task), []).append(got)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
-        {"budget": args.budget, "seeds": args.seeds, "runs": [{"method": n, "task": t, "seed": s, **outcomes[(n, t, s)]} for n, t, s in cells]}, indent=1))
+    write_results(args, methods, cells, out)
+
+
+def _plan(args: argparse.Namespace, methods: dict[str, Method]) -> tuple[float, list[float]]:
+    """The matrix's encoder-phase budget and its GoRL stage boundaries (env frames)."""
     if any(m.recipe is not None for m in methods.values()):
         plans = {name: recipe_stages(m.recipe) for name, m in methods.items()}
-        budget = max(sum(p) for p in plans.values())
         longest = max(plans.values(), key=len)
-        bounds = [sum(longest[:k]) for k in range(1, len(longest))]
-    else:
-        budget = args.budget
-        split = tuple(args.stages) if args.stages else GORL_STAGES
-        refining = any(m.refines for m in methods.values())
-        bounds = [args.budget * sum(split[:k]) for k in range(1, len(split))] if refining else []
-    md = table(results, budget)
-    stages = stage_table(results, bounds)
+        return max(sum(p) for p in plans.values()), [sum(longest[:k]) for k in range(1, len(longest))]
+    split = tuple(args.stages) if args.stages else GORL_STAGES
+    refining = any(m.refines for m in methods.values())
+    return args.budget, ([args.budget * sum(split[:k]) for k in range(1, len(split))] if refining else [])
+
+
+def write_results(args: argparse.Namespace, methods: dict[str, Method], cells: list[tuple[str, str, int]], out: Path) -> None:
+    """``results.json``, ``results.md`` and ``figure.png`` of the matrix as it stands: the finished
+    runs' final returns, every run's row (finished, or unfinished with its frames and last evaluation
+    so far), the per-stage table, the curves. Written at the end and at every stop, into ``--out`` and
+    the archive, so a matrix that spans machines always has its page."""
+    runs = {cell: run_results(out / f"{cell[0]}_{cell[1]}" / f"seed{cell[2]}") for cell in cells}
+    budget, bounds = _plan(args, methods)
+    references = dict(parse_reference(r) for r in args.reference)
+    finished: dict[tuple[str, str], list[dict]] = {}
+    started: dict[tuple[str, str], list[dict]] = {}
+    for (name, task, _seed), got in runs.items():
+        if got["status"] == "finished":
+            finished.setdefault((name, task), []).append(got)
+        if got.get("curve") or got.get("stages"):
+            started.setdefault((name, task), []).append(got)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(
+        {"budget": args.budget, "seeds": args.seeds, "command": args.argv, "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+         "runs": [{"method": n, "task": t, "seed": s, **runs[(n, t, s)]} for n, t, s in cells]}, indent=1))
+    head = (f"`gorl bench {' '.join(args.argv)}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"{sum(len(v) for v in finished.values())} of {len(cells)} runs finished.\n\n")
+    if args.note:
+        head += args.note + "\n\n"
+    md = head + (table(finished, budget, references) if finished else "No run has finished yet.\n")
+    md += "\nEvery run (the final return is the last deterministic evaluation; an unfinished run shows its last one so far):\n\n"
+    md += runs_table(cells, runs)
+    stages = stage_table(started, bounds)
     if stages:
         md += ("\nPer stage (initial: evaluated right after the refit and reset, before any encoder update; single-stage methods "
-               "over the same frame windows):\n\n" + stages)
-    (out / "results.md").write_text(md)
+               "over the same frame windows; unfinished runs so far):\n\n" + stages)
+    if references:
+        md += ("\nauthors: their figure's return at the same budget, read off by eye (±25), as this preset gives it"
+               + (f" ({args.reference_source})" if args.reference_source else "") + ".\n")
+    targets = [out] + ([Path(args.archive)] if args.archive else [])
+    for where in targets:
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "results.md").write_text(md)
     print("\n" + md)
+    if not started:
+        return
     from gorl.analysis.plots import plot_runs
 
-    fig = plot_runs([(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells], boundaries=bounds)
-    fig.savefig(out / "figure.png", dpi=120)
+    fig = plot_runs([(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells if runs[(n, t, s)].get("curve")], boundaries=bounds,
+                    references=references)
+    for where in targets:
+        fig.savefig(where / "figure.png", dpi=120)
     print(f"[bench] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
+
+
+def parse_reference(arg: str) -> tuple[str, float]:
+    """``ppo=280``: a method's published return, drawn beside its curve and tabled beside its result."""
+    name, sep, value = arg.partition("=")
+    try:
+        if not (sep and name):
+            raise ValueError(arg)
+        return name, float(value)
+    except ValueError:
+        raise SystemExit(f"gorl bench: error: --reference takes NAME=RETURN, got {arg!r}") from None
+
+
+def run_results(run_dir: Path) -> dict:
+    """A run's results: :func:`read_run`'s for a finished run (``status`` finished); for an unfinished
+    one its curve, stages, frames and wall time so far; ``status`` not started where it has no rows."""
+    got = read_run(run_dir)
+    parts, commits = part_dates(run_dir / "gorl.log")
+    if got is not None:
+        return {"status": "finished", **got, "parts": parts, "commits": commits}
+    st = run_status(run_dir)
+    rows = _rows_so_far(run_dir)
+    if not rows:
+        return {**st, "parts": parts, "commits": commits}
+    curve = [(float(r.get("eval/frames") or r["loop/frames"]), float(r["eval/return"])) for r in rows
+             if r.get("eval/return") and (r.get("eval/frames") or r.get("loop/frames"))]
+    return {**st, "curve": curve, "stages": stage_records(rows), "parts": parts, "commits": commits}
+
+
+_COMMIT = re.compile(r"^# commit (\S+)")
+
+
+def part_dates(log_path: Path) -> tuple[list[str], list[str]]:
+    """The UTC start of each part of a run and the commits its parts ran (``gorl.log``)."""
+    if not log_path.is_file():
+        return [], []
+    lines = log_path.read_text(errors="replace").splitlines()
+    dates = [m.group(1) for line in lines if (m := _PART_START.match(line))]
+    commits = list(dict.fromkeys(m.group(1) for line in lines if (m := _COMMIT.match(line))))
+    return dates, commits
+
+
+def runs_table(cells: list[tuple[str, str, int]], runs: dict[tuple[str, str, int], dict]) -> str:
+    """One row per run: where it stands, its return, its wall time (summed over its parts: GPU time
+    on a one-GPU machine), when its parts started and which commits ran them."""
+    lines = ["| method | task | seed | status | env frames | final return | wall time | parts (first, last start, UTC) | commits |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, task, seed in cells:
+        got = runs[(name, task, seed)]
+        curve = got.get("curve") or []
+        frames = got.get("frames") if got.get("frames") is not None else (curve[-1][0] if curve else None)
+        ret = got.get("final_return", got.get("return"))
+        status = got["status"]
+        if status != "finished" and got.get("stage") is not None:
+            status += f", stage {got['stage']}"
+        dates = got.get("parts", [])
+        when = ", ".join(d[:16] for d in (dates[:1] + dates[1:][-1:]))
+        cols = [name, task, str(seed), status, "-" if frames is None else f"{frames:,.0f}", "-" if ret is None else _fmt(ret),
+                f"{got['wall_s'] / 60:.1f} min" if got.get("wall_s") else "-", f"{len(dates)}: {when}" if dates else "-",
+                ", ".join(got.get("commits", [])) or "-"]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

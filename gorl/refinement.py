@@ -495,21 +495,22 @@ class DecoderFit:
         metrics.update(best_val=self.best_val, best_step=self.best_step)
         return metrics
 
-    def state_dict(self) -> dict:
-        return {
-            "train": self.train.to_dict(),
-            "val": self.val.to_dict(),
-            **{key: getattr(self, key) for key in self._counters},
-        }
+    def state_dict(self, data: bool = True) -> dict:
+        """The fit's counters, best weights and (``data``) its train and validation pairs."""
+        counters = {key: getattr(self, key) for key in self._counters}
+        return {"train": self.train.to_dict(), "val": self.val.to_dict(), **counters} if data else counters
 
     _counters = ("steps", "rounds", "best_val", "best_step", "bad_rounds", "best_state", "done", "seed")
+
+    def load_counters(self, state: dict) -> None:
+        for key in self._counters:
+            if key in state:  # "seed" is newer than some checkpoints; their fits drew with replacement
+                setattr(self, key, state[key])
 
     @classmethod
     def from_state_dict(cls, cfg: RefinementConfig, state: dict) -> "DecoderFit":
         fit = cls(cfg, TensorDict(state["train"], batch_size=[]).auto_batch_size_(1), TensorDict(state["val"], batch_size=[]).auto_batch_size_(1))
-        for key in cls._counters:
-            if key in state:  # "seed" is newer than some checkpoints; their fits drew with replacement
-                setattr(fit, key, state[key])
+        fit.load_counters(state)
         return fit
 
 

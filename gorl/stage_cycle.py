@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Literal, Protocol
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import EnvBase
@@ -68,6 +68,7 @@ from gorl.errors import CheckpointError, ConfigError, DataQualityError, NonFinit
 from gorl.eval_lanes import LaneEvaluations
 from gorl.loop import LoopConfig, authors_eval_updates
 from gorl.refinement import DecoderFit, RefinementConfig, clip_targets, collect, collect_from_reset, data_return_mean, split, top_q_episodes
+from gorl.rng import rng_state, set_rng_state
 from gorl.step_graphs import StepGraphs
 
 Phase = Literal["encoder", "decoder", "done"]
@@ -299,6 +300,12 @@ class StageCycle:
         self._eval_in_row = False  # this iteration's metrics row holds an evaluation (eval_row)
         self.best_encoder: dict[str, torch.Tensor] | None = None  # snapshot of the stage's best so far
         self.fit: DecoderFit | None = None  # the refit in progress
+        # Re-collecting the refit's data instead of storing it (checkpoint.refit_data: recollect):
+        # the RNG state its collection started from and a fingerprint of what it collected; and,
+        # after a resume, the saved fit waiting for its data.
+        self.refit_data_in_checkpoints = True
+        self._collected: dict | None = None
+        self._fit_to_rebuild: dict | None = None
         self.last_eval_return: float | None = None
         self._restore_best_at_start = False
 
@@ -489,6 +496,11 @@ class StageCycle:
         round of the fit; the round that finishes it starts the next stage."""
         t0 = time.perf_counter()
         rec = self.record()
+        if self.fit is None and self._fit_to_rebuild is not None:
+            self.fit = self.rebuild_fit(self._fit_to_rebuild)
+            self._fit_to_rebuild = None
+            rec.fit_seconds += time.perf_counter() - t0
+            return
         if self.fit is None:
             self.fit = self.start_fit(self.collect_decoder_data())
             rec.fit_seconds += time.perf_counter() - t0
@@ -508,21 +520,28 @@ class StageCycle:
             self.fit = None
             self.begin_stage(fit)
 
-    def collect_decoder_data(self) -> TensorDict:
+    def collect_decoder_data(self, again: bool = False) -> TensorDict:
         """Pairs from the stage's handoff encoder (frozen), checked against the quality gate, top-q
         filtered and clipped.
 
         ``collect_from: reset``: complete episodes from env reset on an env of their own, the
         authors' ``collect_dataset`` (``src/gorl/algorithms/collection.py`` at 8a0209c);
-        ``training_envs``: keep stepping the training envs. Each process collects its share."""
+        ``training_envs``: keep stepping the training envs. Each process collects its share.
+        ``again``: the same collection once more, for a resumed fit (:meth:`rebuild_fit`): nothing
+        is counted, logged or gated a second time."""
         st, rc, host = self.state, self.refit_cfg(), self.host
         per_rank = lambda n: None if n is None else math.ceil(n / host.world_size)  # noqa: E731
+        # From reset the collection is a function of the RNG state it starts from (the env is seeded
+        # anew per stage: GoRLSystem.refit_env), so that state can stand in for the data.
+        start = rng_state() if rc.collect_from == "reset" else None
         if rc.collect_from == "reset":
             data, frames = collect_from_reset(host.refit_env(st.stage), self.policy, rc.max_episode_steps, per_rank(rc.episodes),
                                               None if rc.episodes is not None else per_rank(rc.transitions), rc.keeps_latent)
             check_observations(data, self.where())
         else:
             data, frames = collect(iter(host.training_env_batch, None), per_rank(rc.transitions), per_rank(rc.episodes), rc.keeps_latent)
+        if again:
+            return self._filtered(data, rc)
         st.collect_frames += frames * host.world_size
         rec = self.record()
         rec.decoder_data = frames * host.world_size
@@ -531,9 +550,42 @@ class StageCycle:
             host.record_metrics({"decoder/data_return_mean": rec.data_return})
             rank_zero_info(f"[gorl] stage {st.stage}: refit data from its {rc.handoff} encoder, mean episode return {rec.data_return:.1f}")
             self.check_data_quality(rec.data_return, rc)
+        data = self._filtered(data, rc)
+        self._collected = None if start is None else {"rng": start, "fingerprint": data_fingerprint(data)}
+        return data
+
+    @staticmethod
+    def _filtered(data: TensorDict, rc: RefinementConfig) -> TensorDict:
         if rc.top_q is not None:
             data = top_q_episodes(data, rc.top_q)
         return clip_targets(data, rc.target_clip)
+
+    def rebuild_fit(self, saved: dict) -> DecoderFit:
+        """A refit resumed from a checkpoint that holds no data (``checkpoint.refit_data:
+        recollect``): collect it again from the RNG state its collection started from, split it as
+        :meth:`start_fit` did, and go on with the saved counters. The trainee's weights and its
+        optimiser's moments are the checkpoint's (Lightning restored them). The process's RNG state
+        is put back afterwards, so the fit's own draws go on as they would have."""
+        st, rc = self.state, self.refit_cfg()
+        rank_zero_info(f"[gorl] stage {st.stage}: collecting the refit's data again (the checkpoint holds its RNG state, not the data)")
+        now = rng_state()
+        set_rng_state(saved["collected"]["rng"])
+        try:
+            data = self.collect_decoder_data(again=True)
+        finally:
+            set_rng_state(now)
+        got, want = data_fingerprint(data), saved["collected"]["fingerprint"]
+        if got != want:
+            # Bit-for-bit re-collection needs a simulator and networks that compute the same numbers
+            # again; on a GPU some reductions may not. The data is then another draw of the same
+            # collection, which the fit goes on with; say so rather than pass it off as the same.
+            rank_zero_warn(f"[gorl] stage {st.stage}: the re-collected refit data differs from the original ({got} vs {want}); "
+                           "the fit goes on with it")
+        train, val = split(data, rc, torch.Generator().manual_seed(self.seed + st.stage))
+        fit = DecoderFit(rc, train, val, seed=self.seed + st.stage)
+        fit.load_counters(saved)
+        self._collected = saved["collected"]
+        return fit
 
     def check_data_quality(self, data_return: float, rc: RefinementConfig) -> None:
         """The quality gate (``refinement.min_data_return``): refuse to fit a decoder on data whose
@@ -634,9 +686,17 @@ class StageCycle:
 
     # --- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The cycle's part of a checkpoint's ``gorl_loop`` entry."""
-        return {"state": self.state.state_dict(), "best_encoder": self.best_encoder,
-                "fit": None if self.fit is None else self.fit.state_dict()}
+        """The cycle's part of a checkpoint's ``gorl_loop`` entry. A refit in progress is stored with
+        its data, or, with ``refit_data_in_checkpoints`` off and data collected from reset, with the
+        RNG state that collects it again (:meth:`rebuild_fit`): at the paper's 4,096 episodes the
+        data is ~310 MB a checkpoint, the RNG state a few kB."""
+        if self.fit is None:
+            fit = self._fit_to_rebuild  # resumed, its data not collected again yet: saved as it came
+        elif self.refit_data_in_checkpoints or self._collected is None:
+            fit = self.fit.state_dict()
+        else:
+            fit = {**self.fit.state_dict(data=False), "collected": self._collected}
+        return {"state": self.state.state_dict(), "best_encoder": self.best_encoder, "fit": fit}
 
     def load_state_dict(self, saved: dict) -> None:
         self.state.load_state_dict(saved["state"])
@@ -647,12 +707,24 @@ class StageCycle:
             st.phase = "decoder"
             self._restore_best_at_start = True
         self.best_encoder = saved["best_encoder"]
-        self.fit = None if saved["fit"] is None else DecoderFit.from_state_dict(self.refit_cfg(), saved["fit"])
+        fit = saved["fit"]
+        self.fit, self._fit_to_rebuild = None, None
+        if fit is not None and "train" not in fit:
+            if "collected" not in fit:
+                raise CheckpointError("the checkpoint's refit holds neither its data nor the RNG state to collect it again")
+            self._fit_to_rebuild = fit  # collected again at the next decoder iteration, where the envs exist
+        elif fit is not None:
+            self.fit = DecoderFit.from_state_dict(self.refit_cfg(), fit)
 
     def on_train_start(self) -> None:
         if self._restore_best_at_start and self.best_encoder is not None and self.refit_cfg().handoff == "best":
             self.encoder.restore(self.best_encoder)
             self._restore_best_at_start = False
+
+
+def data_fingerprint(data: TensorDict) -> list[float]:
+    """Rows and float64 sums of a refit dataset's fields: whether a re-collection gave the same data."""
+    return [float(len(data))] + [float(data[k].double().sum()) for k in sorted(data.keys()) if data[k].is_floating_point()]
 
 
 # --- the table that ends a run -------------------------------------------------------------------

@@ -18,13 +18,12 @@ to the fitted decoder afterwards.
 
 from __future__ import annotations
 
-import random
 import time
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tensordict import TensorDictBase
@@ -45,36 +44,12 @@ from gorl.networks import ActionSemantics, ActionSquash, RunningNorm
 from gorl.optimization import FiniteGuard, guarded_step
 from gorl.policy import LatentPolicy
 from gorl.refinement import DecoderFit, RefinementConfig
+from gorl.rng import rng_state, set_rng_state
 from gorl.stage_cycle import DecoderSlot, LoopState, StageCycle, Which, check_observations, summary_table
 from gorl.step_graphs import StepGraphs
 
 EncoderFactory = Callable[[int, int], LatentEncoder]
 DecoderFactory = Callable[[int, int], DecoderModule]
-
-
-def rng_state() -> dict:
-    """torch (CPU and, where present, every CUDA device) / numpy / python RNG states, in types that
-    ``torch.load(weights_only=True)`` accepts; all CPU tensors, so the checkpoint loads anywhere."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)  # on a CPU-only machine (or another GPU count) CUDA's streams are not restored
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def to_cpu(value: Any) -> Any:
@@ -418,6 +393,9 @@ class GoRLSystem(pl.LightningModule):
     def on_train_start(self) -> None:
         self._t_start = time.perf_counter()
         self.cycle.on_train_start()  # weights were loaded after on_load_checkpoint
+        if getattr(self, "_rng_at_resume", None) is not None:
+            set_rng_state(self._rng_at_resume)
+            self._rng_at_resume = None
 
     def on_train_end(self) -> None:
         st = self.loop_state
@@ -598,8 +576,10 @@ class GoRLSystem(pl.LightningModule):
                 found = "missing here" if key not in mine else f"shape {tuple(value.shape)} vs {tuple(mine[key].shape)} here"
                 raise CheckpointError(f"checkpoint does not match this config: {key} ({found})")
         self.cycle.load_state_dict(saved)
-        if "rng" in saved:
-            set_rng_state(saved["rng"])
+        # Put back at train start, once the envs and the collector are built (their construction and
+        # first resets draw from the process's generators), so a resumed run draws what an
+        # uninterrupted one would from there on (a refit resumed mid-fit takes the same batches).
+        self._rng_at_resume = saved.get("rng")
         if saved.get("encoder") is not None:
             self.encoder.load_checkpoint_state(saved["encoder"])
             if getattr(self.encoder, "buffer_size", 0):

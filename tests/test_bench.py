@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from tests.conftest import CONF, ROOT
 
@@ -250,3 +252,114 @@ def test_a_matrix_of_whole_recipes_stops_at_its_time_limit_and_continues_from_th
     later = float((archive / "status.md").read_text().split("| long | toy-bandit | 0 | unfinished | ")[1].split(" |")[0].replace(",", ""))
     assert later >= frames  # a second part stopped before its first row adds none
     assert json.loads((run / "signature.json").read_text())[:2] == ["--config", str(recipe)]
+
+
+def test_speed_settings_are_not_part_of_an_archived_runs_identity():
+    """A later device command may switch CUDA graphs or evaluation lanes on or off (its GPU check
+    decides): the archived run continues rather than being refused as made with other settings."""
+    from gorl.bench import Method, identity_overrides, parser, run_signature
+
+    plain = parser().parse_args(["--recipes", "x=y.yaml", "--override", "--model.encoder.lr", "1e-3"])
+    fast = parser().parse_args(["--recipes", "x=y.yaml", "--override", "--model.speed.step_graphs", "true", "--model.encoder.lr", "1e-3",
+                                "--model.loop.eval_lanes=3", "--model.speed.cuda_graphs", "false"])
+    method = Method([], recipe=["y.yaml"])
+    assert run_signature(method, "t", 0, plain) == run_signature(method, "t", 0, fast)
+    assert identity_overrides(["--model.loop.eval_every", "5", "--model.speed.compile", "true"]) == ["--model.loop.eval_every", "5"]
+
+
+def test_device_files_fit_the_devices_return_limits_and_unpack_checked(tmp_path):
+    """An archive tree several folders deep comes back from the device as a few files no more than
+    2 folders down (benchmarks/device_files.py); too large, it comes back without its checkpoints
+    and the checkpoints already here are kept; a cut part is refused."""
+    import hashlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import device_files
+
+    src = tmp_path / "paper_hopper"
+    run = src / "gorl-fm_hopper-stand" / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,loop/frames\n0,1\n")
+    ckpt = os.urandom(3 << 20)  # incompressible, as weights are
+    (run / "checkpoints" / "last.ckpt").write_bytes(ckpt)
+    out = tmp_path / "OUT"
+    assert device_files.pack(src, out, "paper_hopper", part_bytes=1 << 20) == 0
+    files = sorted(out.iterdir())
+    assert len(files) <= 8 and all(f.is_file() and f.stat().st_size <= 1 << 20 or f.suffix == ".json" for f in files)
+    assert all(device_files.NAME.match(f.name) for f in files) and len(files) == 5  # 4 parts of 1 MiB + the manifest
+    home = tmp_path / "repo_logs"
+    device_files.unpack(files, home)
+    assert (home / "paper_hopper" / "gorl-fm_hopper-stand" / "seed0" / "checkpoints" / "last.ckpt").read_bytes() == ckpt
+
+    # Over the limit: the records come back, the checkpoints stay as they are here.
+    (run / "metrics.csv").write_text("step,loop/frames\n0,1\n1,2\n")
+    (run / "checkpoints" / "last.ckpt").write_bytes(os.urandom(3 << 20))
+    assert device_files.pack(src, out, "paper_hopper", part_bytes=1 << 20, max_parts=2) == 2
+    files = sorted(out.iterdir())
+    assert len(files) == 2 and json.loads((out / "paper_hopper.json").read_text())["checkpoints_left_out"]
+    device_files.unpack(files, home)
+    got = home / "paper_hopper" / "gorl-fm_hopper-stand" / "seed0"
+    assert (got / "metrics.csv").read_text().count("\n") == 3 and (got / "checkpoints" / "last.ckpt").read_bytes() == ckpt
+
+    part = out / "paper_hopper.tgz.0"
+    part.write_bytes(part.read_bytes()[:-10])
+    try:
+        device_files.unpack(sorted(out.iterdir()), home)
+    except SystemExit as err:
+        assert "SHA-256" in str(err)
+    else:
+        raise AssertionError("a cut part was unpacked")
+    assert hashlib.sha256(ckpt).hexdigest() == hashlib.sha256((got / "checkpoints" / "last.ckpt").read_bytes()).hexdigest()
+
+
+def test_the_device_command_stops_in_its_time_and_hands_back_the_whole_archive(tmp_path):
+    """benchmarks/gpu_paper_runs.sh, as one device command (here on the CPU, with a tiny recipe in
+    place of the preset's): it trains for what its TOTAL seconds leave after its checks, stops the
+    fit cleanly, archives the run with this command's logs, and leaves in $OUT only what the device
+    returns (at most 8 files, 2 folders down); unpacked here, the archive holds the checkpoint, the
+    status and the results page so far."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import device_files
+
+    recipe = tmp_path / "long.yaml"
+    recipe.write_text(f"defaults: [{CONF / 'smoke.yaml'}]\nmodel:\n  loop:\n    stages: [1.0e7]\n    eval_every: 256\n")
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("checkpoint:\n  every_frames: 128\ncurves: false\n")
+    out, archive = tmp_path / "OUT", tmp_path / "archive"
+    env = {**os.environ, "OUT": str(out), "ARCHIVE": str(archive), "TOTAL": "80", "RESERVE": "25", "STOP_GRACE": "10",
+           "STEP_GRAPHS": "false", "EVAL_LANES": "0", "GORL_COMMIT": "testcommit",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "BENCH_ARGS": f"--recipes long={recipe} --layers {layer} --seeds 0 --out {tmp_path / 'runs'}"}
+    t0 = time.time()
+    res = subprocess.run(["bash", "benchmarks/gpu_paper_runs.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
+    assert time.time() - t0 < 80 + 20  # its own budget, with the slack of a shared CPU
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 and device_files.NAME.match(p.name) for p in files)
+    assert {p.name for p in files} >= {"paper_hopper.json", "paper_hopper.tgz.0", "status.md"}
+    home = tmp_path / "here"
+    top = device_files.unpack([p for p in files if p.name.startswith("paper_hopper.")], home)
+    run = top / "long_toy-bandit" / "seed0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and "# commit testcommit" in (run / "gorl.log").read_text()
+    assert not (top / "speed.env").exists()  # given, not decided by a GPU check here: nothing for the next command to reuse
+    (logs,) = (top / "device_commands").iterdir()
+    assert "training for" in (logs / "bench.log").read_text()
+    assert "| long | toy-bandit | 0 | unfinished |" in (top / "status.md").read_text()
+    results = (top / "results.md").read_text()
+    assert "0 of 1 runs finished" in results and "| long | toy-bandit | 0 | unfinished, stage 0 |" in results and "testcommit" in results
+
+
+def test_a_failed_run_stops_the_matrix_with_every_runs_state_archived(tmp_path):
+    """A run that fails after its first checkpoint (here the refit-data quality gate) ends the
+    matrix with one line, exit 1, its checkpoint and the status archived: nothing of it is lost."""
+    recipe = tmp_path / "gated.yaml"
+    recipe.write_text(f"defaults: [{CONF / 'smoke.yaml'}]\nmodel:\n  refinement:\n    min_data_return: 1.0e9\n")
+    archive = tmp_path / "archive"
+    cmd = [sys.executable, "-m", "gorl", "bench", "--recipes", f"gated={recipe}", "--seeds", "0", "--out", str(tmp_path / "runs"),
+           "--archive", str(archive)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("gorl bench: error: gated toy-bandit seed 0 failed")
+    assert "archived in" in res.stderr.strip().splitlines()[-1]
+    assert (archive / "gated_toy-bandit" / "seed0" / "checkpoints" / "last.ckpt").is_file()
+    assert "Matrix stopped: gated toy-bandit seed 0 failed" in (archive / "status.md").read_text()
+    assert "| gated | toy-bandit | 0 | unfinished" in (archive / "results.md").read_text()

@@ -111,6 +111,40 @@ def test_sigkill_then_resume_finishes_the_same_plan(tmp_path, plan_reference, go
     assert len(load_metrics(tmp_path / "runs/gorl")["step"]) == len(joined)  # the folder: each part once
 
 
+@pytest.mark.parametrize("refit_data", ["store", "recollect"])
+def test_a_refit_killed_mid_fit_resumes_as_if_uninterrupted(tmp_path, plan_reference, gorl_in_process, refit_data):
+    """Killed mid-refit and resumed, the fit goes on as the uninterrupted run's did: the same
+    validation losses at every later round and the same final decoder, bit for bit (the RNG state is
+    put back once the envs are built, which draw from it). With ``checkpoint.refit_data:
+    recollect`` the checkpoint holds the RNG state the refit's collection started from instead of
+    the pairs (the paper's are ~310 MB, too large to carry a run between machines): the resumed run
+    collects the same data again, its fingerprint checked."""
+    plan = [*PLAN, "--checkpoint.refit_data", refit_data]
+    _kill_when("[gorl] stage 0 decoder step 3/", tmp_path, plan)
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    saved = torch.load(ckpt, weights_only=True)["gorl_loop"]
+    assert saved["state"]["phase"] == "decoder" and saved["fit"]["steps"] > 0
+    if refit_data == "recollect":
+        assert "train" not in saved["fit"] and "val" not in saved["fit"] and set(saved["fit"]["collected"]) == {"rng", "fingerprint"}
+    else:
+        assert len(saved["fit"]["train"]["observation"]) > 0 and "collected" not in saved["fit"]
+    res = gorl_in_process("fit", *plan, "--ckpt_path", "last")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert ("collecting the refit's data again" in out) == (refit_data == "recollect") and "differs from the original" not in out
+
+    def val_losses(path: Path) -> dict[float, float]:
+        return {float(r["decoder/step"]): float(r["decoder/val_loss"]) for r in csv.DictReader(path.open()) if r.get("decoder/val_loss")}
+
+    reference = val_losses(next(plan_reference.glob("runs/gorl/version_0/metrics.csv")))
+    resumed = val_losses(tmp_path / "runs/gorl/version_1/metrics.csv")
+    later = [step for step in resumed if step > saved["fit"]["steps"]]
+    assert later and {s: resumed[s] for s in later} == {s: reference[s] for s in later}
+    final = torch.load(next(tmp_path.glob("runs/gorl/version_1/checkpoints/last.ckpt")), weights_only=True)["state_dict"]
+    ref_final = torch.load(next(plan_reference.glob("runs/gorl/version_0/checkpoints/last.ckpt")), weights_only=True)["state_dict"]
+    assert all(torch.equal(final[k], ref_final[k]) for k in ref_final if k.startswith("decoder."))
+
+
 # Frame checkpoints far apart and no phase change before the kill (a long stage 0: 16 iterations of
 # 128 frames, killed after 11), metrics rows flushed every iteration (metrics_every_seconds 0,
 # instead of 30 s): no checkpoint is written before the kill. The refinement's size plays no part: a small one.

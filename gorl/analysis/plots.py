@@ -191,6 +191,7 @@ def plot_runs(
     points: int = 200,
     panel_size: tuple[float, float] = (4.0, 3.0),
     boundaries: Sequence[float] = (),
+    references: dict[str, float] | None = None,
 ) -> Figure:
     """Paper-style comparison: one panel per task, one line per method, mean and spread over seeds.
 
@@ -201,6 +202,8 @@ def plot_runs(
         points: seeds are interpolated onto this many points, up to the shortest seed's last ``x``.
         boundaries: ``x`` positions to mark with a dotted line (e.g. the GoRL stage boundaries of
             a ``gorl bench`` matrix, where every GoRL run refits at the same frames).
+        references: ``{label: return}``, a published final return per method (the authors'), drawn
+            as a dashed line in that method's colour, so a curve is read against the number it tests.
     """
     groups: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
     for run_dir, label in runs:
@@ -226,6 +229,9 @@ def plot_runs(
                 lo, hi = mean - dev, mean + dev
             ax.plot(grid, mean, color=colors[label], lw=1.6, label=f"{label} (n={len(ys)})")
             ax.fill_between(grid, lo, hi, color=colors[label], alpha=0.2, lw=0)
+        for label, value in (references or {}).items():
+            if label in methods:
+                ax.axhline(value, color=colors[label], ls="--", lw=1, label=f"{label}, authors' figure")
         for pos in boundaries:
             ax.axvline(pos, color="k", ls=":", lw=1)
         ax.set(title=task, xlabel="env frames" if x == "loop/frames" else x, ylabel=y)
