@@ -13,7 +13,7 @@ import torch
 def rng_state() -> dict:
     """torch (CPU and, where present, every CUDA device) / numpy / python RNG states, in types that
     ``torch.load(weights_only=True)`` accepts; all CPU tensors, so the checkpoint loads anywhere."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
