@@ -455,7 +455,9 @@ class GoRLSystem(pl.LightningModule):
             self._guard.raise_if_bad(self.cycle.where())
 
     def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        return self.trainer.strategy.reduce(value, reduce_op="mean")
+        """The mean of ``value`` over processes. On the module's device: a value computed beside CPU
+        envs (dm_control) is a CPU tensor, which NCCL cannot reduce (multi-GPU DDP)."""
+        return self.trainer.strategy.reduce(value.to(self.device), reduce_op="mean")
 
     def evaluate_returns(self) -> tuple[float, float]:
         returns = evaluate(self.eval_env, self.policy, self.loop_cfg.eval_max_steps, self.loop_cfg.eval_deterministic)

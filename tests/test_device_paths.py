@@ -52,6 +52,12 @@ def test_a_checkpoint_written_on_a_gpu_loads_on_a_cpu_only_machine(cuda_tagged_c
     # the policy API
     obs = torch.randn(16, gorl.load_policy(cpu_path).obs_dim)
     assert torch.equal(gorl.load_policy(gpu_path).act(obs), gorl.load_policy(cpu_path).act(obs))
+    # gorl export: the TorchScript policy of the GPU checkpoint acts as the CPU one does
+    from gorl.cli import main as cli
+
+    out = cuda_tagged_checkpoint[1].parent / "policy.pt"
+    cli(["export", "--ckpt_path", str(gpu_path), "--out", str(out)])
+    assert torch.allclose(torch.jit.load(str(out))(obs), gorl.load_policy(cpu_path).act(obs), atol=1e-6)
     # the CLI: validate and resume (a longer plan, so the resumed run trains a further stage), in this
     # process: the loading is the question here, not the command line
     res = gorl_in_process("validate", "--config", str(CONF / "smoke.yaml"), "--ckpt_path", str(gpu_path))
@@ -60,6 +66,27 @@ def test_a_checkpoint_written_on_a_gpu_loads_on_a_cpu_only_machine(cuda_tagged_c
                           "--model.loop.stages", "[512, 256, 256, 128]", "--curves", "false")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "finished stage 3" in res.stdout + res.stderr
+
+
+def test_reduced_values_and_training_returns_live_where_they_are_used(trained, monkeypatch):
+    """The CPU can show two members of the device class with the ``meta`` device standing in for a
+    GPU: a value reduced over processes goes to the module's device first (NCCL cannot reduce the
+    CPU tensors computed beside dm_control envs), and the training-return accumulator lives on the
+    rollout's device (the first CUDA run died on a CPU one)."""
+    from types import SimpleNamespace
+
+    system, _ = trained(None)
+    seen = []
+    monkeypatch.setattr(system, "_trainer", SimpleNamespace(strategy=SimpleNamespace(reduce=lambda v, reduce_op: seen.append(v.device) or v)))
+    monkeypatch.setattr(system, "_device", torch.device("meta"))
+    system.reduce_mean(torch.tensor(1.0))
+    assert seen == [torch.device("meta")]
+
+    monkeypatch.setattr(system, "_ep_return", None)
+    monkeypatch.setattr(system, "_finished", {"sum": None, "count": None})
+    rollout = TensorDict({"next": {"reward": torch.ones(4, 6, 1), "done": torch.zeros(4, 6, 1, dtype=torch.bool)}}, batch_size=[4, 6])
+    system._track_returns(rollout.to("meta"))
+    assert system._ep_return.device.type == "meta" and system._finished["count"].device.type == "meta"
 
 
 # --- training-episode returns, vectorised ------------------------------------------------------
