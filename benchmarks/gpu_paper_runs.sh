@@ -4,7 +4,8 @@
 # (python benchmarks/learning.py paper-hopper; the "wide" preset with PRESET=paper-hopper-wide).
 #
 # Run on the GPU machine from the repository root, with the dependency bundle carried along
-# (../shared/device/README.md), as one command of at most 10 minutes:
+# (.device/site312.tar.xz and .device/install_bundle.sh: the packages that machine lacks, unpacked
+# onto its Python path), as one command of at most 10 minutes:
 #
 #     bash benchmarks/gpu_paper_runs.sh            # everything within TOTAL=570 s, then a clean stop
 #
@@ -66,7 +67,7 @@ if [ -f .device/install_bundle.sh ]; then
 fi
 # Everything a run imports, before any time is spent: a missing bundle is one line, now.
 python3 -c "import torch, torchrl, tensordict, lightning, jax, mujoco, mujoco_playground, gorl" \
-    || { echo "gpu_paper_runs: the project's dependencies do not import here (carry .device with the bundle: ../shared/device/README.md)" | tee -a "$LOGS/bench.log" >&2; exit 1; }
+    || { echo "gpu_paper_runs: the project's dependencies do not import here (carry .device with the bundle: site312.tar.xz and install_bundle.sh)" | tee -a "$LOGS/bench.log" >&2; exit 1; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi here"
   python3 -c "import torch, jax; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| jax', jax.__version__, jax.devices())"
   git rev-parse HEAD 2>/dev/null || true; } | tee "$LOGS/machine.txt"

@@ -38,11 +38,15 @@ class SpeedConfig:
     """Attributes:
         cuda_graphs: replay the acting policy as CUDA graphs on a GPU (module docstring); ``false``
             = eager, as on the CPU.
-        matmul_precision: ``torch.set_float32_matmul_precision`` for the run. ``highest`` (default)
-            keeps float32 matmuls exact; ``high`` lets them use TF32 on tensor cores (a 10-bit
-            mantissa for the products, float32 accumulation): faster on a GPU, and differences of
-            about 1e-3 relative in network outputs. Mixed precision (``trainer.precision``) is a
-            separate switch.
+        matmul_precision: ``torch.set_float32_matmul_precision`` for the run (process-wide in
+            torch; put back when the run ends). ``highest`` (default) keeps float32 matmuls exact;
+            ``high`` lets every float32 matmul of the run use TF32 on tensor cores (a 10-bit mantissa
+            for the products, float32 accumulation): the encoder's actor and critic and the
+            decoder's network, forward and backward, in collection, updates, refits and
+            evaluations alike. The element-wise maths (log-probs, ratios, GAE, the losses, Adam) is
+            unaffected. Differences are about 1e-3 relative in network outputs. No recipe turns it
+            on: on an H200 it bought no refit speed (benchmarks/logs/gpu_check_2026-12-04/). Mixed
+            precision (``trainer.precision``) is a separate switch.
         compile: ``torch.compile`` the training losses: latent PPO's fused minibatch loss and the
             decoder's generative loss (forward and backward). On a GPU with ``mode="reduce-overhead"``,
             so each step replays CUDA graphs, one launch where the eager step makes hundreds; on a CPU

@@ -214,6 +214,9 @@ class GoRLSystem(pl.LightningModule):
 
     # --- Lightning plumbing -----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        # Process-wide in torch: set for the run, put back at teardown (an in-process caller, a
+        # notebook or a test, keeps its own).
+        self._matmul_before = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision(self.speed_cfg.matmul_precision)
         if stage == "validate":
             self._setup_validate()
@@ -368,6 +371,9 @@ class GoRLSystem(pl.LightningModule):
                          env_device=env_device, storing_device=env_device)
 
     def teardown(self, stage: str) -> None:
+        if getattr(self, "_matmul_before", None) is not None:
+            torch.set_float32_matmul_precision(self._matmul_before)
+            self._matmul_before = None
         if getattr(self, "collector", None) is not None:
             self.collector.shutdown()
             self.collector = None

@@ -322,7 +322,7 @@ def test_a_bounded_latent_is_decoded_as_tanh_of_the_gaussian_sample_it_is_scored
 def test_the_compiled_ppo_loss_gives_the_eager_loss_and_gradients(use_prior):
     """``model.speed.compile`` traces the fused loss with torch.compile; here through the
     ``aot_eager`` backend (the same capture and autograd graphs, without inductor's seconds of C++
-    compile; ``benchmarks/compiled_losses.py`` times inductor itself). Every stage's constants are
+    compile; ``benchmarks/gpu_check.py``'s step 4 times inductor itself, on a CPU with ``--quick``). Every stage's constants are
     tensors, so a new stage does not recompile."""
     import torch._dynamo
 

@@ -331,3 +331,17 @@ def test_step_graphs_off_the_gpu_say_so_and_step_eagerly():
     with pytest.warns(UserWarning, match="step_graphs is off for this run: the networks are not on a GPU"):
         _fit(system, [])
     assert system.step_graphs("encoder") is None and system.encoder._step_graphs is None
+
+
+def test_the_matmul_precision_holds_for_the_run_and_is_put_back_after_it():
+    """``model.speed.matmul_precision`` reaches torch (process-wide there) for the run's time only:
+    a notebook or test that trains in process keeps its own setting afterwards."""
+    from gorl.acceleration import SpeedConfig
+
+    system = smoke_system()
+    system.speed_cfg = SpeedConfig(matmul_precision="high")
+    before = torch.get_float32_matmul_precision()
+    system.setup("predict")
+    assert torch.get_float32_matmul_precision() == "high"
+    system.teardown("predict")
+    assert torch.get_float32_matmul_precision() == before == "highest"
