@@ -48,7 +48,9 @@ class SpeedConfig:
             on: on an H200 it bought no refit speed (benchmarks/logs/gpu_check_2026-12-04/). Mixed
             precision (``trainer.precision``) is a separate switch.
         compile: ``torch.compile`` the training losses: latent PPO's fused minibatch loss and the
-            decoder's generative loss (forward and backward). On a GPU with ``mode="reduce-overhead"``,
+            decoder's generative loss (forward and backward); and the acting chain (encoder ->
+            decoder's sampler -> tanh) where no CUDA graph replays it (the CPU, or
+            ``cuda_graphs: false``). On a GPU with ``mode="reduce-overhead"``,
             so each step replays CUDA graphs, one launch where the eager step makes hundreds; on a CPU
             with inductor's C++ kernels. The first step of each compiles (tens of seconds), and random
             draws inside a compiled loss (the decoders' noise) come from another generator than

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
-from gorl.acceleration import GraphedChain, SpeedConfig
+from gorl.acceleration import CompiledFn, GraphedChain, SpeedConfig
 from gorl.decoders import DecoderModule, FlowDecoder, IdentityDecoder
 from gorl.encoders import EncoderModule, LatentEncoder
 from gorl.envs.factory import EnvConfig, env_dims, make_env
@@ -248,6 +248,10 @@ class GoRLSystem(pl.LightningModule):
         if self.device.type == "cuda" and self.speed_cfg.cuda_graphs and self.encoder.graph_safe_act and decoders_safe:
             self._norms = [m for m in self.modules() if isinstance(m, RunningNorm)]
             self.policy.graphed = GraphedChain(self.policy.chain, self._acting_state)
+        elif self.speed_cfg.compile:
+            # model.speed.compile, where no CUDA graph replays the chain (the CPU, or cuda_graphs
+            # false): the chain under torch.compile, recompiled per batch shape and acting decoder.
+            self.policy.graphed = CompiledFn(self.policy.chain, "the acting chain", backend=self.speed_cfg.compile_backend)
         else:
             self.policy.graphed = None
 

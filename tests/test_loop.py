@@ -290,8 +290,40 @@ def test_speed_compile_runs_the_loop_with_compiled_losses():
                         refinement=base.refine_cfg, seed=0, speed=SpeedConfig(compile=True, compile_backend="aot_eager"))
     _fit(system, [])
     assert system.loop_state.phase == "done" and system.loop_state.history[0].fit_steps == 6
-    for compiled in (system.encoder._compiled_terms, system.trainee._compiled_loss):
+    for compiled in (system.encoder._compiled_terms, system.trainee._compiled_loss, system.policy.graphed):
         assert compiled.enabled and compiled.compiled is not None  # compiled, and never fell back to eager
+    # The acting chain, compiled, acts as the eager chain does: deterministic, and sampling with the
+    # same generator state (aot_eager draws from eager's generators; inductor's own are tested below).
+    obs = torch.randn(32, system.obs_dim)
+    with torch.no_grad():
+        for deterministic in (True, False):
+            torch.manual_seed(1)
+            eager = system.policy.chain(obs, deterministic)
+            torch.manual_seed(1)
+            compiled = system.policy.graphed(obs, deterministic)
+            for key in ("latent", "pre_tanh", "action"):
+                torch.testing.assert_close(compiled[key], eager[key], msg=key)
+
+
+def test_the_acting_chain_compiled_by_inductor_acts_as_the_eager_chain():
+    """``model.speed.compile``'s acting chain through inductor's generated CPU kernels (what a CPU
+    run uses): the deterministic actions within float tolerance, through the identity and a fitted
+    (here: random) flow decoder."""
+    import torch._dynamo
+
+    from gorl.acceleration import CompiledFn
+
+    torch._dynamo.reset()
+    system = smoke_system()
+    obs = torch.randn(64, system.obs_dim)
+    with torch.no_grad():
+        for p in system.decoder.parameters():
+            p.normal_(0, 0.1)
+        compiled = CompiledFn(system.policy.chain, "the acting chain")
+        for stage in (0, 1):  # stage 0 acts through the identity, stage 1 through the flow decoder's sampler
+            system.loop_state.stage = stage
+            torch.testing.assert_close(compiled(obs, True)["action"], system.policy.chain(obs, True)["action"], rtol=1e-5, atol=1e-5)
+            assert compiled.enabled
 
 
 def test_step_graphs_take_the_smoke_plans_steps(monkeypatch):
