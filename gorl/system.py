@@ -369,10 +369,13 @@ class GoRLSystem(pl.LightningModule):
         # Devices are given explicitly (policy: the module's, storage: the env's): left unset,
         # TorchRL 0.14 copies every step's tensordict onto the env's device even when nothing
         # moves (a measurable share of a CPU env step: benchmarks/RESULTS.md, timings moved out of comments).
+        # Trajectory ids cost a host read of every step's done flags (TorchRL's _update_traj_ids):
+        # kept only where a refit reads them, collecting from the training envs (decoder_pairs).
+        traj_ids = len(self.loop_cfg.stages) > 1 and self.refine_cfg.collect_from == "training_envs"
         env_device = self.train_env.device
         return Collector(self.train_env, self.policy, frames_per_batch=frames, total_frames=-1, trust_policy=True,
                          auto_register_policy_transforms=False, policy_device=self.device,
-                         env_device=env_device, storing_device=env_device)
+                         env_device=env_device, storing_device=env_device, track_traj_ids=traj_ids)
 
     def teardown(self, stage: str) -> None:
         if getattr(self, "_matmul_before", None) is not None:

@@ -377,3 +377,22 @@ def test_the_matmul_precision_holds_for_the_run_and_is_put_back_after_it():
     assert torch.get_float32_matmul_precision() == "high"
     system.teardown("predict")
     assert torch.get_float32_matmul_precision() == before == "highest"
+
+
+@pytest.mark.parametrize("collect_from", ["reset", "training_envs"])
+def test_the_collector_tracks_trajectory_ids_only_where_a_refit_reads_them(collect_from):
+    """TorchRL's trajectory ids cost a host read of every step's done flags; only refit data
+    collected from the training envs reads them (their ``episode`` ids)."""
+    import dataclasses
+
+    system = smoke_system()
+    system.refine_cfg = dataclasses.replace(system.refine_cfg, collect_from=collect_from)
+    system.setup("fit")
+    try:
+        collector = system._build_collector()
+        assert collector.track_traj_ids == (collect_from == "training_envs")
+        batch = next(iter(collector))
+        assert (("collector", "traj_ids") in batch.keys(True)) == (collect_from == "training_envs")
+        collector.shutdown()
+    finally:
+        system.teardown("fit")
