@@ -227,16 +227,16 @@ def prepare_resume(run_dir: Path) -> Path | None:
 
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["gorl_loop"]["state"]
-        frames = float(state["frames"])
+        frames, iteration = float(state["frames"]), int(state["iteration"])
     except Exception as err:  # a checkpoint cut short by the kill: start the run again
         print(f"[bench] {run_dir}: unreadable last.ckpt ({type(err).__name__}), starting over", flush=True)
         return None
     if state.get("phase") == "done":
         return FINISHED  # stopped after its plan's end and before done.json: nothing left to train
-    resumed = resumed_frames(run_dir)
+    resumed = json.loads((run_dir / "resumed.json").read_text()) if (run_dir / "resumed.json").exists() else []
     if (run_dir / "metrics.csv").exists():
         (run_dir / "metrics.csv").rename(run_dir / f"metrics.part{len(resumed)}.csv")
-        (run_dir / "resumed.json").write_text(json.dumps(resumed + [frames]))
+        (run_dir / "resumed.json").write_text(json.dumps(resumed + [{"frames": frames, "iteration": iteration}]))
     return ckpt
 
 
@@ -321,6 +321,12 @@ def archive_run(run_dir: Path, dest: Path, signature: list[str], checkpoint: boo
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not finished and not (checkpoint and ckpt.is_file()):
         return False
+    kept = dest / "checkpoints" / "last.ckpt"
+    if not finished and not _readable(ckpt) and _readable(kept):
+        # A checkpoint cut short by a kill must not replace the good one archived before it: the run
+        # goes on from that one, here too (its metrics past it are cut there when it resumes).
+        print(f"[bench] {run_dir}: its last.ckpt is unreadable; it goes on from the archive's previous checkpoint", flush=True)
+        shutil.copy2(kept, ckpt)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -333,6 +339,19 @@ def archive_run(run_dir: Path, dest: Path, signature: list[str], checkpoint: boo
         (dest / "checkpoints").mkdir()
         shutil.copy2(ckpt, dest / "checkpoints" / "last.ckpt")
     (dest / "signature.json").write_text(json.dumps(signature, indent=0))
+    return True
+
+
+def _readable(ckpt: Path) -> bool:
+    """Whether ``ckpt`` is a whole GoRL checkpoint (its loop state loads)."""
+    if not ckpt.is_file():
+        return False
+    import torch
+
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["gorl_loop"]["state"]["frames"]
+    except Exception:  # noqa: BLE001  (truncated, foreign, damaged: not whole)
+        return False
     return True
 
 

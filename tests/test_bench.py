@@ -363,3 +363,33 @@ def test_a_failed_run_stops_the_matrix_with_every_runs_state_archived(tmp_path):
     assert (archive / "gated_toy-bandit" / "seed0" / "checkpoints" / "last.ckpt").is_file()
     assert "Matrix stopped: gated toy-bandit seed 0 failed" in (archive / "status.md").read_text()
     assert "| gated | toy-bandit | 0 | unfinished" in (archive / "results.md").read_text()
+
+
+def test_resumed_parts_join_at_the_checkpoints_iteration_and_a_cut_checkpoint_never_replaces_a_good_one(tmp_path):
+    """A run resumed mid-refit (every row of a refit has the same frame count) joins its parts at
+    the checkpoint's loop iteration, each step once; and archiving a run whose last.ckpt a kill cut
+    short keeps the good checkpoint archived before it."""
+    import torch
+
+    from gorl.analysis.io import run_rows
+    from gorl.bench import archive_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.part0.csv").write_text("step,loop/frames\n" + "".join(f"{s},100\n" for s in range(1, 11)))
+    (run / "metrics.csv").write_text("step,loop/frames\n" + "".join(f"{s},100\n" for s in range(7, 13)))
+    (run / "resumed.json").write_text(json.dumps([{"frames": 100.0, "iteration": 6}]))
+    assert [int(r["step"]) for r in run_rows(run / "metrics.csv")] == list(range(1, 13))
+    (run / "resumed.json").write_text(json.dumps([100.0]))  # a record from before: frames only, as then
+    assert len(run_rows(run / "metrics.csv")) == 16
+
+    (run / "checkpoints").mkdir()
+    good = {"gorl_loop": {"state": {"frames": 64, "iteration": 4}}}
+    dest = tmp_path / "archive" / "run"
+    (dest / "checkpoints").mkdir(parents=True)
+    torch.save(good, dest / "checkpoints" / "last.ckpt")
+    torch.save({"gorl_loop": {"state": {"frames": 96, "iteration": 6}}}, run / "checkpoints" / "last.ckpt")
+    (run / "checkpoints" / "last.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:40])  # cut by a kill
+    assert archive_run(run, dest, ["sig"], checkpoint=True)
+    assert torch.load(dest / "checkpoints" / "last.ckpt", weights_only=True) == good
+    assert (dest / "metrics.csv").is_file()

@@ -79,22 +79,33 @@ def _metrics_files(run_dir: Path) -> list[Path]:
     return paths
 
 
-def resumed_frames(run_dir: Path) -> list[float]:
-    """The frames a ``gorl bench`` run was resumed from, one per resumption (``resumed.json``)."""
+def resumed_points(run_dir: Path) -> list[tuple[float, float | None]]:
+    """Where a ``gorl bench`` run was resumed, one ``(frames, iteration)`` per resumption
+    (``resumed.json``; records written before 2026-12-05 hold the frames alone)."""
     path = run_dir / "resumed.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    entries = json.loads(path.read_text()) if path.exists() else []
+    return [(float(e["frames"]), e.get("iteration")) if isinstance(e, dict) else (float(e), None) for e in entries]
+
+
+def resumed_frames(run_dir: Path) -> list[float]:
+    """The frames a ``gorl bench`` run was resumed from, one per resumption."""
+    return [frames for frames, _ in resumed_points(run_dir)]
 
 
 def _bench_rows(metrics_csv: Path) -> list[dict[str, str]]:
     """The rows of one ``metrics.csv``, preceded by the parts ``gorl bench`` set aside when it
-    resumed that run (``metrics.part<N>.csv`` beside it, each cut at the frame the next part resumed
-    from: rows past it were recomputed after the resume)."""
+    resumed that run (``metrics.part<N>.csv`` beside it, each cut where the next part resumed: rows
+    past it were recomputed after the resume). The cut is at the checkpoint's loop iteration (the
+    ``step`` column), where it is on record: a refit's rows all share one frame count."""
     run_dir = metrics_csv.parent
     parts = sorted(run_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
     rows: list[dict[str, str]] = []
-    for part, upto in zip(parts, resumed_frames(run_dir)):
+    for part, (upto, iteration) in zip(parts, resumed_points(run_dir)):
         with part.open(newline="") as f:
-            rows += [r for r in csv.DictReader(f) if not r.get("loop/frames") or float(r["loop/frames"]) <= upto]
+            if iteration is not None:
+                rows += [r for r in csv.DictReader(f) if not r.get("step") or float(r["step"]) <= float(iteration)]
+            else:
+                rows += [r for r in csv.DictReader(f) if not r.get("loop/frames") or float(r["loop/frames"]) <= upto]
     with metrics_csv.open(newline="") as f:
         return rows + list(csv.DictReader(f))
 
