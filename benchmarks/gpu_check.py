@@ -480,11 +480,15 @@ def main() -> None:
     def step_1() -> None:  # CUDA tests
         if "1" not in args.skip:
             report.say("\n## 1. CUDA tests\n")
-            code, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.tests],
+            # -v: a line per test as it ends, so a test run cut by its time share still says which passed.
+            code, text, secs = _run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *args.tests],
                                     ROOT, min(200, left() - 60))
             report.keep("cuda_tests.log", text)
             summary = [line for line in text.strip().splitlines() if re.search(r"\d+ (passed|failed|skipped)", line)]
-            report.say(f"- exit {code} in {secs:.0f} s: {summary[-1] if summary else text.strip().splitlines()[-1:]}")
+            ended = re.findall(r"::\S+ (PASSED|FAILED|SKIPPED|ERROR)", text)
+            tally = ", ".join(f"{ended.count(k)} {k.lower()}" for k in ("PASSED", "FAILED", "ERROR", "SKIPPED") if ended.count(k))
+            said = summary[-1] if summary else "cut short after " + (tally or "no test")
+            report.say(f"- exit {code} in {secs:.0f} s: {said}")
             for line in text.splitlines():
                 if line.startswith(("FAILED", "ERROR")):
                     report.say(f"  - `{line[:300]}`")

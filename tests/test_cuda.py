@@ -30,41 +30,6 @@ def test_smoke_fit_on_cuda(tmp_path, precision):
     assert "final eval/return" in res.stdout + res.stderr
 
 
-_SMALL_SAC = '{"class_path": "gorl.encoders.LatentSAC", "init_args": {"actor_hidden": [16, 16], "critic_hidden": [32, 32], "batch_size": 32, "learning_starts": 64}}'
-_BASELINE = ["--model.decoder", str(CONF / "decoder" / "identity.yaml"), "--model.loop.stages", "[384]", "--model.encoder.unroll", "8",
-             "--model.encoder.critic_hidden", "[32,32]", "--model.encoder.minibatch_size", "64", "--model.encoder.epochs", "2"]
-
-
-@pytest.mark.parametrize("overrides", [
-    ["--model.decoder", str(CONF / "decoder" / "diffusion_cpu.yaml"), "--model.decoder.hidden", "[32,32]"],
-    ["--model.encoder", _SMALL_SAC, "--model.loop.stages", "[256,128]"],  # the replay buffer on the GPU
-    ["--model.encoder", str(CONF / "encoder" / "fpo.yaml"), "--model.encoder.hidden", "[16,16]", *_BASELINE],
-    ["--model.encoder", str(CONF / "encoder" / "dppo.yaml"), "--model.encoder.hidden", "[16,16]", *_BASELINE],
-], ids=["diffusion", "sac", "fpo", "dppo"])
-def test_every_method_fits_on_cuda(tmp_path, overrides):
-    """The smoke plan's other methods with CUDA networks: a diffusion decoder's refits, SAC's replay
-    buffer, the FPO and DPPO baselines."""
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cuda", *overrides, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "final eval/return" in res.stdout + res.stderr
-
-
-def test_a_cpu_checkpoint_resumes_and_acts_on_cuda(tmp_path):
-    """The other way round from tests/test_device_paths.py: a run checkpointed on the CPU goes on
-    with CUDA networks, and its policy loads onto the GPU."""
-    import gorl
-
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cpu", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
-    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cuda", "--ckpt_path", str(ckpt),
-                   "--model.loop.stages", "[512, 256, 256, 128]", cwd=tmp_path)
-    assert res.returncode == 0 and "finished stage 3" in res.stdout + res.stderr, res.stderr[-3000:]
-    policy = gorl.load_policy(ckpt, device="cuda")
-    obs = torch.randn(8, policy.obs_dim, device="cuda")
-    assert policy.act(obs).device.type == "cuda"
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ppo_maths_stays_fp32_under_cuda_autocast(dtype):
     from tensordict import TensorDict
@@ -187,3 +152,40 @@ def test_lane_evaluations_on_a_gpu_score_what_an_evaluation_env_scores():
     from tests.test_eval_lanes import lanes_against_an_evaluation_env
 
     lanes_against_an_evaluation_env("cuda")
+
+
+# --- the other methods, and the other direction: last, as the slowest (a device check with a
+# short budget runs the tests above first)
+_SMALL_SAC = '{"class_path": "gorl.encoders.LatentSAC", "init_args": {"actor_hidden": [16, 16], "critic_hidden": [32, 32], "batch_size": 32, "learning_starts": 64}}'
+_BASELINE = ["--model.decoder", str(CONF / "decoder" / "identity.yaml"), "--model.loop.stages", "[384]", "--model.encoder.unroll", "8",
+             "--model.encoder.critic_hidden", "[32,32]", "--model.encoder.minibatch_size", "64", "--model.encoder.epochs", "2"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["--model.decoder", str(CONF / "decoder" / "diffusion_cpu.yaml"), "--model.decoder.hidden", "[32,32]"],
+    ["--model.encoder", _SMALL_SAC, "--model.loop.stages", "[256,128]"],  # the replay buffer on the GPU
+    ["--model.encoder", str(CONF / "encoder" / "fpo.yaml"), "--model.encoder.hidden", "[16,16]", *_BASELINE],
+    ["--model.encoder", str(CONF / "encoder" / "dppo.yaml"), "--model.encoder.hidden", "[16,16]", *_BASELINE],
+], ids=["diffusion", "sac", "fpo", "dppo"])
+def test_every_method_fits_on_cuda(tmp_path, overrides):
+    """The smoke plan's other methods with CUDA networks: a diffusion decoder's refits, SAC's replay
+    buffer, the FPO and DPPO baselines."""
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cuda", *overrides, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "final eval/return" in res.stdout + res.stderr
+
+
+def test_a_cpu_checkpoint_resumes_and_acts_on_cuda(tmp_path):
+    """The other way round from tests/test_device_paths.py: a run checkpointed on the CPU goes on
+    with CUDA networks, and its policy loads onto the GPU."""
+    import gorl
+
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (ckpt,) = tmp_path.glob("runs/gorl/version_0/checkpoints/last.ckpt")
+    res = run_gorl("fit", "--config", str(CONF / "smoke.yaml"), "--trainer.accelerator", "cuda", "--ckpt_path", str(ckpt),
+                   "--model.loop.stages", "[512, 256, 256, 128]", cwd=tmp_path)
+    assert res.returncode == 0 and "finished stage 3" in res.stdout + res.stderr, res.stderr[-3000:]
+    policy = gorl.load_policy(ckpt, device="cuda")
+    obs = torch.randn(8, policy.obs_dim, device="cuda")
+    assert policy.act(obs).device.type == "cuda"
