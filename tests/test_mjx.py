@@ -129,6 +129,29 @@ def test_a_non_finite_state_terminates_and_the_auto_reset_restarts_that_env_alon
     assert torch.equal(nxt["observation"], torch.from_dlpack(env._state.obs))  # and report their states
 
 
+def test_a_step_with_its_auto_reset_reads_the_device_once(env):
+    """Each ``step_and_maybe_reset`` (the collector's step) waits for the device once, to know
+    whether any env is done; where one is, that env alone restarts (the test above)."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from host_reads import CountReads
+
+    env.set_seed(0)
+    td = env.reset()
+    reads = []
+    for _ in range(LIMIT + 1):  # through the truncation at LIMIT and the reset after it
+        td["action"] = torch.full((N, 6), 0.5)
+        with CountReads() as counter:
+            stepped, td = env.step_and_maybe_reset(td)
+        reads.append(sum(counter.count.values()))
+    # One read a step; the step that truncates and resets every env also reads TorchRL's reset path's
+    # (once an episode: every 1,000 steps on the paper's tasks).
+    assert reads[: LIMIT - 1] == [1] * (LIMIT - 1) and reads[LIMIT] == 1 and reads[LIMIT - 1] > 1, reads
+
+
 def test_seeding_reproduces_and_each_env_has_its_own_stream(env):
     env.set_seed(11)
     first = env.reset()["observation"].clone()

@@ -432,6 +432,17 @@ class MJXBatchEnv(EnvBase):
         self._state, self._t, self._keys, obs, term, trunc = self._merge_fn(fresh, next_keys, state, self._t, self._keys, mask_j)
         return self._split(obs, None, term, trunc)
 
+    def any_done(self, tensordict: TensorDictBase) -> bool:
+        """TorchRL's check before a partial reset (``_reset`` = the done lanes), with one host read
+        per step where TorchRL 0.14's makes two: its ``any_done`` reads ``done.any()`` and returns
+        that device tensor, which ``maybe_reset`` reads again (benchmarks/host_reads.py counts
+        them). On a GPU each read waits for the queued work."""
+        done = tensordict.get("done", None)
+        if done is None or not bool(done.any()):
+            return False
+        tensordict.set("_reset", done.clone())
+        return True
+
     @torch.no_grad()
     def deterministic_returns(self, act: Callable[[torch.Tensor], torch.Tensor], max_steps: int) -> torch.Tensor:
         """Return of each env's next episode under ``act`` (observation -> action in [-1, 1]), from a
