@@ -751,14 +751,21 @@ def write_results(args: argparse.Namespace, methods: dict[str, Method], cells: l
         where.mkdir(parents=True, exist_ok=True)
         (where / "results.md").write_text(md)
     print("\n" + md)
-    if not started:
+    # The figure reads each run's metrics.csv (with the parts before it); a resumed part stopped
+    # before its first row has none yet, and its curve waits for the next stop.
+    drawn = [(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells
+             if runs[(n, t, s)].get("curve") and (out / f"{n}_{t}" / f"seed{s}" / "metrics.csv").is_file()]
+    if not drawn:
         return
     from gorl.analysis.plots import plot_runs
 
-    fig = plot_runs([(out / f"{n}_{t}" / f"seed{s}", n) for n, t, s in cells if runs[(n, t, s)].get("curve")], boundaries=bounds,
-                    references=references)
-    for where in targets:
-        fig.savefig(where / "figure.png", dpi=120)
+    try:
+        fig = plot_runs(drawn, boundaries=bounds, references=references)
+        for where in targets:
+            fig.savefig(where / "figure.png", dpi=120)
+    except Exception as err:  # noqa: BLE001  (a figure must never cost the stop its archive or exit code)
+        print(f"[bench] figure.png not drawn: {type(err).__name__}: {err}", flush=True)
+        return
     print(f"[bench] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
 
 

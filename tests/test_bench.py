@@ -393,3 +393,27 @@ def test_resumed_parts_join_at_the_checkpoints_iteration_and_a_cut_checkpoint_ne
     assert archive_run(run, dest, ["sig"], checkpoint=True)
     assert torch.load(dest / "checkpoints" / "last.ckpt", weights_only=True) == good
     assert (dest / "metrics.csv").is_file()
+
+
+def test_the_results_page_is_written_while_a_resumed_part_has_no_row_yet(tmp_path):
+    """A matrix stopped while a resumed run's new part has written no row (its metrics so far are
+    its earlier parts') still writes its results page and figure, that run's row from its earlier
+    parts: a stop must never fail on its report (it would lose its exit code 3)."""
+    from gorl.bench import METHODS, parser, write_results
+
+    out = tmp_path / "runs"
+    header = "step,loop/frames,loop/stage,eval/return\n"
+    resumed = out / "ppo_toy-bandit" / "seed0"
+    resumed.mkdir(parents=True)
+    (resumed / "metrics.part0.csv").write_text(header + "1,128,0,1.5\n2,256,0,2.5\n")
+    (resumed / "resumed.json").write_text(json.dumps([{"frames": 256.0, "iteration": 2}]))
+    running = out / "ppo_toy-bandit" / "seed1"
+    running.mkdir(parents=True)
+    (running / "metrics.csv").write_text(header + "1,128,0,1.0\n2,256,0,3.0\n")
+    args = parser().parse_args(["--methods", "ppo", "--seeds", "0", "1", "--out", str(out)])
+    args.argv = ["--methods", "ppo"]
+    write_results(args, {"ppo": METHODS["ppo"]}, [("ppo", "toy-bandit", 0), ("ppo", "toy-bandit", 1)], out)
+    page = (out / "results.md").read_text()
+    assert "| ppo | toy-bandit | 0 | unfinished (no checkpoint), stage 0 | 256 | 2.5 |" in page
+    assert "| ppo | toy-bandit | 1 | unfinished (no checkpoint), stage 0 | 256 | 3 |" in page
+    assert (out / "figure.png").stat().st_size > 1000
