@@ -197,15 +197,20 @@ def stage_records(rows: list[dict]) -> list[dict]:
     return out
 
 
+def eval_curve(rows: list[dict]) -> list[tuple[float, float]]:
+    """``(frames, eval/return)`` of a run's evaluations; the frames are ``eval/frames``, at which the
+    evaluated agent was frozen (lane evaluations are recorded later), where a row has it."""
+    return [(float(r.get("eval/frames") or r["loop/frames"]), float(r["eval/return"])) for r in rows
+            if r.get("eval/return") and (r.get("eval/frames") or r.get("loop/frames"))]
+
+
 def read_run(run_dir: Path) -> dict | None:
     """The finished run's results, or None if it has not finished."""
     done, metrics = run_dir / "done.json", run_dir / "metrics.csv"
     if not done.exists() or not metrics.exists():
         return None
     rows = run_rows(run_dir / "metrics.csv")
-    # eval/frames: the frames at which the evaluated agent was frozen (lane evaluations are recorded later)
-    curve = [(float(r.get("eval/frames") or r["loop/frames"]), float(r["eval/return"])) for r in rows
-             if r.get("eval/return") and (r.get("eval/frames") or r.get("loop/frames"))]
+    curve = eval_curve(rows)
     collect = max((float(r["loop/collect_frames"]) for r in rows if r.get("loop/collect_frames")), default=0.0)
     return {"final_return": curve[-1][1], "curve": curve, "decoder_data_frames": collect, "stages": stage_records(rows),
             **json.loads(done.read_text())}
@@ -486,14 +491,14 @@ def _rows_so_far(run_dir: Path) -> list[dict]:
     return [r for part in parts for r in csv.DictReader(part.open(newline=""))]
 
 
-def run_status(run_dir: Path) -> dict:
+def run_status(run_dir: Path, rows: list[dict] | None = None) -> dict:
     """Where a run stands: finished (final return), or unfinished with its frames and last
     evaluation so far, or not started; for the status table of a stopped matrix."""
     got = read_run(run_dir)
     if got is not None:
         return {"status": "finished", "frames": got["curve"][-1][0] if got["curve"] else None, "return": got["final_return"],
                 "wall_s": got["wall_s"]}
-    rows = _rows_so_far(run_dir)
+    rows = _rows_so_far(run_dir) if rows is None else rows
     if not rows:
         return {"status": "not started"}
     frames = max((float(r["loop/frames"]) for r in rows if r.get("loop/frames")), default=None)
@@ -787,13 +792,11 @@ def run_results(run_dir: Path) -> dict:
     parts, commits = part_dates(run_dir / "gorl.log")
     if got is not None:
         return {"status": "finished", **got, "parts": parts, "commits": commits}
-    st = run_status(run_dir)
     rows = _rows_so_far(run_dir)
+    st = run_status(run_dir, rows)
     if not rows:
         return {**st, "parts": parts, "commits": commits}
-    curve = [(float(r.get("eval/frames") or r["loop/frames"]), float(r["eval/return"])) for r in rows
-             if r.get("eval/return") and (r.get("eval/frames") or r.get("loop/frames"))]
-    return {**st, "curve": curve, "stages": stage_records(rows), "parts": parts, "commits": commits}
+    return {**st, "curve": eval_curve(rows), "stages": stage_records(rows), "parts": parts, "commits": commits}
 
 
 _COMMIT = re.compile(r"^# commit (\S+)")

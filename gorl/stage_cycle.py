@@ -532,8 +532,9 @@ class StageCycle:
         st, rc, host = self.state, self.refit_cfg(), self.host
         per_rank = lambda n: None if n is None else math.ceil(n / host.world_size)  # noqa: E731
         # From reset the collection is a function of the RNG state it starts from (the env is seeded
-        # anew per stage: GoRLSystem.refit_env), so that state can stand in for the data.
-        start = rng_state() if rc.collect_from == "reset" else None
+        # anew per stage: GoRLSystem.refit_env), so that state can stand in for the data in a
+        # checkpoint (checkpoint.refit_data: recollect; kept only then).
+        start = rng_state() if rc.collect_from == "reset" and not self.refit_data_in_checkpoints else None
         if rc.collect_from == "reset":
             data, frames = collect_from_reset(host.refit_env(st.stage), self.policy, rc.max_episode_steps, per_rank(rc.episodes),
                                               None if rc.episodes is not None else per_rank(rc.transitions), rc.keeps_latent)
